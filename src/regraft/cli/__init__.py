@@ -1,0 +1,1 @@
+"""The ``regraft`` command. The only package that prints."""

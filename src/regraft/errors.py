@@ -1,0 +1,81 @@
+"""The exceptions regraft raises for problems a user can fix.
+
+Every message is one line that says what was wrong and how to fix it. The CLI prints
+``regraft: error: <message>`` and exits with status 2 for any :class:`RegraftError`;
+other exceptions are bugs and keep their traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RegraftError",
+    "ConfigError",
+    "WeightsError",
+    "UnsafeCheckpointError",
+    "CoverageError",
+    "ModelError",
+    "SurgeryError",
+    "ShapeError",
+    "FreezeError",
+    "DataError",
+    "TrainingError",
+    "RunError",
+    "ExportError",
+    "MissingDependencyError",
+]
+
+
+class RegraftError(Exception):
+    """Base class: a problem with the user's input, reported as one readable line."""
+
+
+class ConfigError(RegraftError, ValueError):
+    """A setting, flag or recipe key is unknown, of the wrong type or out of range."""
+
+
+class ModelError(RegraftError, ValueError):
+    """A model name cannot be resolved in torchvision or timm."""
+
+
+class WeightsError(RegraftError):
+    """Weights cannot be found, read or matched to the model."""
+
+
+class UnsafeCheckpointError(WeightsError):
+    """A pickled file needs more than ``torch.load(weights_only=True)`` allows."""
+
+
+class CoverageError(WeightsError):
+    """Too little of the model's trunk came from the checkpoint."""
+
+
+class SurgeryError(RegraftError, ValueError):
+    """A dotted path does not exist or an operation cannot be applied there."""
+
+
+class ShapeError(SurgeryError):
+    """A changed model no longer runs: names the first module whose input did not fit."""
+
+
+class FreezeError(RegraftError, ValueError):
+    """A freeze spec names nothing or is ambiguous."""
+
+
+class DataError(RegraftError):
+    """An image folder, CSV or split is unusable."""
+
+
+class TrainingError(RegraftError):
+    """Training cannot go on (a NaN loss, an unwritable run folder, ...)."""
+
+
+class RunError(RegraftError):
+    """A run folder is missing, incomplete or would be overwritten."""
+
+
+class ExportError(RegraftError):
+    """An export failed or does not match the eager model."""
+
+
+class MissingDependencyError(RegraftError, ImportError):
+    """An optional dependency is needed; the message names the extra to install."""

@@ -1,0 +1,60 @@
+"""Generate small image folders for tests: classes told apart by colour, with noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# A base colour per class name; unknown names get a colour from their hash.
+_COLOURS = {
+    "red": (200, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 60, 200),
+    "yellow": (210, 200, 40),
+    "gray": (128, 128, 128),
+}
+
+
+def class_colour(name: str) -> tuple[int, int, int]:
+    if name in _COLOURS:
+        return _COLOURS[name]
+    rng = np.random.default_rng(abs(hash(name)) % (2**32))
+    return tuple(int(v) for v in rng.integers(30, 226, size=3))
+
+
+def make_image(colour, size: int, rng: np.random.Generator, mode: str = "RGB") -> Image.Image:
+    base = np.array(colour, dtype=np.float32)
+    noise = rng.normal(0, 25, size=(size, size, 3))
+    # a random bright square so images are not flat colour
+    arr = np.clip(base + noise, 0, 255)
+    x, y = rng.integers(0, size // 2, size=2)
+    arr[y : y + size // 4, x : x + size // 4] = rng.integers(0, 255, size=3)
+    img = Image.fromarray(arr.astype(np.uint8), "RGB")
+    return img.convert(mode) if mode != "RGB" else img
+
+
+def make_image_folder(
+    root: Path,
+    *,
+    classes=("blue", "red"),
+    per_class: int = 12,
+    size: int = 32,
+    split: bool = True,
+    val_name: str = "val",
+    val_per_class: int | None = None,
+    seed: int = 0,
+    ext: str = ".png",
+) -> Path:
+    """Write ``root/{train,val}/<class>/*.png`` (or ``root/<class>/*`` when ``split=False``)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    splits = {"train": per_class, val_name: val_per_class or max(per_class // 2, 2)} if split else {"": per_class}
+    for split_name, n in splits.items():
+        for cls in classes:
+            d = root / split_name / cls if split_name else root / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                make_image(class_colour(cls), size, rng).save(d / f"{cls}_{i:03d}{ext}")
+    return root

@@ -1,0 +1,391 @@
+"""The training loop: ``fit`` and ``evaluate`` on HF Accelerate.
+
+The loop is ours and reads top to bottom; Accelerate carries devices, mixed precision,
+gradient accumulation and distribution, so the same code runs on a CPU, one GPU, or under
+``accelerate launch`` / ``torchrun``. Randomness in an epoch depends only on ``(seed, epoch)``,
+and a checkpoint is written atomically after every epoch, so a resumed run continues exactly.
+
+The library never prints: progress goes to :class:`Callback` objects (the CLI supplies a
+progress bar or plain lines).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from regraft.errors import TrainingError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from regraft.runs import RunDir
+
+__all__ = ["Callback", "EpochResult", "EvalResult", "FitState", "make_accelerator", "fit", "evaluate", "seed_everything"]
+
+log = logging.getLogger(__name__)
+
+
+class Callback:
+    """Hooks the loop calls; override any. The CLI's progress display is one."""
+
+    def on_fit_start(self, *, epochs: int, start_epoch: int, steps_per_epoch: int, stage: str) -> None: ...
+    def on_epoch_start(self, epoch: int) -> None: ...
+    def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None: ...
+    def on_epoch_end(self, result: EpochResult) -> None: ...
+    def on_message(self, text: str) -> None: ...
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    images_per_sec: float
+    epoch_seconds: float
+    stage: str = "train"
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row.update(row.pop("extra"))
+        return row
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    n: int
+    logits: torch.Tensor | None = None  # (n, K), only with collect=True
+    targets: torch.Tensor | None = None
+
+
+@dataclass
+class FitState:
+    """Where a fit stands; saved in the checkpoint and restored on resume."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_acc: float = -1.0
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(*, device: str = "auto", precision: str = "auto", grad_accum: int = 1, distributed_kwargs: bool = True) -> Accelerator:
+    """An ``Accelerator`` for ``device`` (auto|cpu|cuda|mps) and ``precision`` (auto|no|fp32|bf16|fp16).
+
+    ``auto`` precision is bf16 on a CUDA GPU that supports it and full precision elsewhere.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu")
+    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise TrainingError("--device mps was asked for but MPS is not available; use --device auto or cpu")
+    cpu = device == "cpu"
+    on_cuda = torch.cuda.is_available() and not cpu
+    if precision == "auto":
+        precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp32":
+        precision = "no"
+    if precision == "fp16" and not on_cuda:
+        raise TrainingError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
+    # frozen parameters, and stages unfrozen later, produce no gradients on some steps
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if distributed_kwargs else []
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=precision,
+        gradient_accumulation_steps=grad_accum,
+        kwargs_handlers=handlers,
+    )
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    # augmentation, dropout and mixup draw from these: the same (seed, epoch) gives the same epoch
+    s = seed * 1_000_003 + epoch * 1009 + rank
+    seed_everything(s)
+
+
+def _accuracy_counts(logits: torch.Tensor, y: torch.Tensor) -> int:
+    target = y.argmax(dim=1) if y.ndim == 2 else y
+    return int((logits.argmax(dim=1) == target).sum())
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    accelerator: Accelerator | None = None,
+    collect: bool = False,
+    channels_last: bool = False,
+) -> EvalResult:
+    """Loss and accuracy of ``model`` over ``loader`` (summed exactly across processes).
+
+    Args:
+        model: the (possibly prepared) model; put in eval mode and restored afterwards.
+        loader: yields ``(images, labels)``; under DDP each process must see a disjoint shard.
+        collect: also return all logits and targets (gathered to every process, in shard order).
+    """
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    all_logits, all_targets = [], []
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = accelerator.autocast() if accelerator is not None else torch.autocast("cpu", enabled=False)
+        with ctx:
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        correct += _accuracy_counts(logits, y)
+        count += y.shape[0]
+        if collect:
+            all_logits.append(logits.cpu())
+            all_targets.append(y.cpu())
+    if accelerator is not None and accelerator.num_processes > 1:
+        loss_sum, correct, count = (accelerator.reduce(t, reduction="sum") for t in (loss_sum, correct, count))
+    model.train(was_training)
+    n = int(count.item())
+    result = EvalResult(loss=float(loss_sum / max(n, 1)), accuracy=float(correct / max(n, 1)), n=n)
+    if collect:
+        logits = torch.cat(all_logits) if all_logits else torch.zeros(0)
+        targets = torch.cat(all_targets) if all_targets else torch.zeros(0, dtype=torch.long)
+        if accelerator is not None and accelerator.num_processes > 1:
+            parts = accelerator.gather_object([(logits, targets)])
+            logits = torch.cat([p[0] for p in parts])
+            targets = torch.cat([p[1] for p in parts])
+        result.logits, result.targets = logits, targets
+    return result
+
+
+def _current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return max((g["lr"] for g in optimizer.param_groups), default=0.0)
+
+
+def fit(
+    model: nn.Module,
+    plan: Any,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    *,
+    epochs: int,
+    accelerator: Accelerator,
+    run: RunDir | None = None,
+    seed: int = 0,
+    state: FitState | None = None,
+    label_smoothing: float = 0.0,
+    clip_grad: float | None = None,
+    patience: int | None = None,
+    channels_last: bool = False,
+    batch_transform: Callable | None = None,
+    callbacks: Sequence[Callback] = (),
+    save_model: nn.Module | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+    stage: str = "train",
+    after_train_mode: Callable[[nn.Module], Any] | None = None,
+) -> FitState:
+    """Train ``model`` for ``epochs`` epochs with ``plan``'s optimizer and schedule.
+
+    Args:
+        model: the module to train, already prepared by ``accelerator`` (see :func:`prepare`).
+        plan: a :class:`regraft.strategies.TrainPlan` (optimizer, scheduler, ``begin_epoch``) —
+            already prepared too.
+        train_loader, val_loader: yield ``(images, labels)``; the train loader's batch sampler is
+            told the epoch (``set_epoch``) so its order depends on ``(seed, epoch)`` only.
+        run: where the best weights (``model.safetensors``) and ``checkpoints/last.pt`` go; only
+            the main process writes.
+        state: a :class:`FitState` to resume from (its ``epoch`` epochs are skipped).
+        save_model: the module whose weights are saved as the best (default ``model``); used when
+            training runs on a part of the model (cached features).
+        after_train_mode: called after every ``model.train()`` (the frozen-BatchNorm policy).
+
+    Returns:
+        The final :class:`FitState`.
+
+    Raises:
+        TrainingError: the loss became NaN or infinite (the best weights so far are kept).
+    """
+    state = state or FitState()
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    optimizer, scheduler = plan.optimizer, plan.scheduler
+    steps = len(train_loader)
+    for cb in callbacks:
+        cb.on_fit_start(epochs=epochs, start_epoch=state.epoch, steps_per_epoch=steps, stage=stage)
+    for epoch in range(state.epoch, epochs):
+        for message in plan.begin_epoch(epoch) or []:
+            log.info(message)
+            for cb in callbacks:
+                cb.on_message(message)
+        result = _train_one_epoch(
+            model, optimizer, scheduler, train_loader, criterion,
+            accelerator=accelerator, epoch=epoch, seed=seed, clip_grad=clip_grad,
+            channels_last=channels_last, batch_transform=batch_transform,
+            callbacks=callbacks, after_train_mode=after_train_mode,
+        )
+        val = evaluate(model, val_loader, accelerator=accelerator, channels_last=channels_last)
+        result.val_loss, result.val_acc, result.stage = val.loss, val.accuracy, stage
+        state.epoch = epoch + 1
+        state.train_seconds += result.epoch_seconds
+        state.history.append(result.to_row())
+        improved = val.accuracy > state.best_val_acc or (
+            val.accuracy == state.best_val_acc and val.loss < state.best_val_loss
+        )
+        if improved:
+            state.best_val_acc, state.best_epoch = val.accuracy, epoch + 1
+        if val.loss < state.best_val_loss - 1e-6:
+            state.best_val_loss, state.bad_epochs = val.loss, 0
+        else:
+            state.bad_epochs += 1
+        stop = patience is not None and state.bad_epochs >= patience and epoch + 1 < epochs
+        state.stopped_early = stop
+        if run is not None and accelerator.is_main_process:
+            target = accelerator.unwrap_model(save_model or model)
+            if improved:
+                run.save_weights(target)
+            _save_checkpoint(run, accelerator, target, plan, state, checkpoint_extra)
+        accelerator.wait_for_everyone()
+        for cb in callbacks:
+            cb.on_epoch_end(result)
+        if stop:
+            msg = f"early stop after epoch {epoch + 1}: validation loss has not improved for {patience} epochs"
+            log.info(msg)
+            for cb in callbacks:
+                cb.on_message(msg)
+            break
+    return state
+
+
+def _train_one_epoch(
+    model, optimizer, scheduler, loader, criterion, *, accelerator, epoch, seed, clip_grad,
+    channels_last, batch_transform, callbacks, after_train_mode,
+) -> EpochResult:
+    _seed_epoch(seed, epoch, accelerator.process_index)
+    sampler = getattr(loader, "batch_sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    model.train()
+    if after_train_mode is not None:
+        after_train_mode(model)
+    for cb in callbacks:
+        cb.on_epoch_start(epoch + 1)
+    loss_sum = correct = seen = 0.0
+    steps = len(loader)
+    t0 = time.perf_counter()
+    for step, (x, y) in enumerate(loader):
+        x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if batch_transform is not None:
+            x, y = batch_transform(x, y)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                logits = model(x)
+                loss = criterion(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: lower --lr, "
+                    "or train in full precision (--precision fp32); the best weights so far are kept in the run"
+                )
+            accelerator.backward(loss)
+            if clip_grad is not None and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+            if scheduler is not None and accelerator.sync_gradients:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        n = y.shape[0]
+        loss_sum += float(loss.detach()) * n
+        correct += _accuracy_counts(logits.detach(), y)
+        seen += n
+        for cb in callbacks:
+            cb.on_step(epoch + 1, step + 1, steps, float(loss.detach()))
+    seconds = time.perf_counter() - t0
+    totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    loss_sum, correct, seen = (float(v) for v in totals)
+    return EpochResult(
+        epoch=epoch + 1,
+        train_loss=loss_sum / max(seen, 1),
+        train_acc=correct / max(seen, 1),
+        val_loss=math.nan,
+        val_acc=math.nan,
+        lr=_current_lr(optimizer),
+        images_per_sec=seen / max(seconds, 1e-9),
+        epoch_seconds=seconds,
+    )
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
+        "python_version": random.getstate()[0],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _save_checkpoint(run: RunDir, accelerator: Accelerator, model: nn.Module, plan: Any, state: FitState, extra: dict | None) -> None:
+    from regraft.runs import save_checkpoint
+
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": plan.optimizer.state_dict(),
+        "scheduler": plan.scheduler.state_dict() if plan.scheduler is not None else None,
+        "plan": plan.state_dict(),
+        "fit": state.to_dict(),
+        "rng": rng_state(),
+        "scaler": accelerator.scaler.state_dict() if getattr(accelerator, "scaler", None) is not None else None,
+    }
+    payload.update(extra or {})
+    save_checkpoint(run.checkpoint, payload)
+
+
+def restore(checkpoint: dict[str, Any], *, model: nn.Module, plan: Any, accelerator: Accelerator) -> FitState:
+    """Load a checkpoint written by :func:`fit` back into ``model``, ``plan`` and the accelerator."""
+    accelerator.unwrap_model(model).load_state_dict(checkpoint["model"])
+    plan.load_state_dict(checkpoint["plan"])
+    plan.optimizer.load_state_dict(checkpoint["optimizer"])
+    if plan.scheduler is not None and checkpoint.get("scheduler") is not None:
+        plan.scheduler.load_state_dict(checkpoint["scheduler"])
+    if checkpoint.get("scaler") is not None and getattr(accelerator, "scaler", None) is not None:
+        accelerator.scaler.load_state_dict(checkpoint["scaler"])
+    return FitState(**checkpoint["fit"])

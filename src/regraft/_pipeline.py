@@ -1,0 +1,268 @@
+"""The steps :func:`regraft.train.train` runs, one function each: setup, run-folder start, finish."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from regraft import zoo
+from regraft.config import Config
+from regraft.errors import DataError
+from regraft.runs import RunDir
+
+log = logging.getLogger(__name__)
+
+CARD_FORMAT = "regraft-run/1"
+
+
+@dataclass
+class Setup:
+    ref: zoo.ModelRef
+    model: nn.Module
+    head: str
+    classes: list[str]
+    splits: Any
+    data_config: zoo.DataConfig
+    train_dataset: Any
+    val_dataset: Any
+    train_loader: Any
+    val_loader: Any
+    plan: Any
+    load_report: Any
+    surgery_diff: Any
+    batch_transform: Callable | None
+    after_train_mode: Callable | None
+    card: dict[str, Any]
+
+
+def setup(
+    cfg: Config, *, strategy: str, accelerator: Any, run: RunDir, notify: Callable[[str], None], model: nn.Module | None = None
+) -> Setup:
+    from regraft import data, strategies, surgery
+    from regraft.freezing import apply_bn_policy
+
+    splits = data.discover(
+        cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed,
+        train_csv=cfg.train_csv, val_csv=cfg.val_csv, classes_file=cfg.classes_file,
+    )
+    classes = list(splits.classes)
+    if len(classes) < 2:
+        raise DataError(f"{cfg.data}: found {len(classes)} class ({', '.join(classes)}); a classifier needs at least 2 class folders")
+    notify(f"data: {len(splits.train)} training and {len(splits.val)} validation images in {len(classes)} classes ({splits.layout})")
+
+    if model is None:
+        ref = zoo.resolve(cfg.model)
+        model = zoo.build(ref)
+        base_dcfg = zoo.data_config(ref, weights=cfg.weights)
+    else:  # the user's own module
+        ref = getattr(model, "regraft_ref", None) or zoo.ModelRef("custom", type(model).__qualname__)
+        base_dcfg = zoo.DataConfig()
+    head = surgery.replace_head(
+        model, len(classes), hidden=tuple(cfg.head_hidden), dropout=cfg.head_dropout, init=cfg.head_init
+    )
+    report = _load_weights(cfg, model, strategy=strategy, head=head, notify=notify)
+    dcfg = base_dcfg.with_overrides(
+        img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct
+    )
+    diff = None
+    if cfg.surgery:
+        diff = surgery.apply(model, cfg.surgery, input_size=dcfg.input_size)
+        head = surgery.find_head(model)
+    surgery.validate(model, input_size=dcfg.input_size)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    train_ds, val_ds, train_loader, val_loader = _loaders(cfg, splits, dcfg, accelerator=accelerator, run=run)
+    steps = max(1, math.ceil(len(train_loader) / cfg.grad_accum))
+    plan = strategies.plan(model, strategy=strategy, cfg=cfg, steps_per_epoch=steps, head=head)
+    model, plan.optimizer = _prepare(accelerator, model, plan.optimizer)
+    batch_transform = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        batch_transform = data.mixup_cutmix(len(classes), mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
+    card = model_card(cfg, ref=ref, head=head, classes=classes, data_config=dcfg, strategy=strategy)
+    return Setup(
+        ref=ref, model=model, head=head, classes=classes, splits=splits, data_config=dcfg,
+        train_dataset=train_ds, val_dataset=val_ds, train_loader=train_loader, val_loader=val_loader,
+        plan=plan, load_report=report, surgery_diff=diff, batch_transform=batch_transform,
+        after_train_mode=apply_bn_policy, card=card,
+    )
+
+
+def _load_weights(cfg: Config, model: nn.Module, *, strategy: str, head: str, notify: Callable[[str], None]):
+    from regraft.train import is_pretrained
+    from regraft.weights import check_coverage, load_weights
+
+    if strategy == "scratch" and is_pretrained(cfg.weights):
+        notify(f"strategy scratch trains from random weights: --weights {cfg.weights} is not loaded")
+        return None
+    if not is_pretrained(cfg.weights):
+        return None
+    report = load_weights(
+        model, cfg.weights, rename=cfg.rename or None, skip=cfg.skip or None,
+        trust_checkpoint=cfg.trust_checkpoint, sha256=cfg.sha256, head=head,
+    )
+    notify(f"weights: {cfg.weights} — trunk coverage {report.coverage:.1%}")
+    check_coverage(report, min_coverage=cfg.min_coverage)
+    return report
+
+
+def _prepare(accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer):
+    # DDP only registers parameters that require grad when it wraps the model; stages unfrozen
+    # later must be registered too, so wrap with everything trainable and restore afterwards.
+    if accelerator.num_processes > 1:
+        flags = {p: p.requires_grad for p in model.parameters()}
+        for p in flags:
+            p.requires_grad_(True)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        return model, optimizer
+    return accelerator.prepare(model, optimizer)
+
+
+def _loaders(cfg: Config, splits: Any, dcfg: zoo.DataConfig, *, accelerator: Any, run: RunDir):
+    from regraft import data
+    from regraft._sampler import EpochBatchSampler
+
+    cache = data.DecodeCache.for_config(dcfg, ram=cfg.cache_ram, cache_dir=cfg.cache_dir) if cfg.decode_cache else None
+    skip_log = run.path / "skipped_files.txt"
+    train_tf = data.build_transforms(dcfg, train=True, augment=cfg.augment)
+    val_tf = data.build_transforms(dcfg, train=False)
+    train_ds = data.ImageDataset(splits.train, train_tf, cache=cache, skip_log=skip_log)
+    val_ds = data.ImageDataset(splits.val, val_tf, cache=cache, skip_log=skip_log)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    loaders = []
+    for ds, shuffle in ((train_ds, True), (val_ds, False)):
+        sampler = EpochBatchSampler(len(ds), batch_size=cfg.batch_size, shuffle=shuffle, seed=cfg.seed, rank=rank, world_size=world)
+        loaders.append(data.make_loader(ds, batch_sampler=sampler, workers=cfg.workers, device=accelerator.device))
+    return train_ds, val_ds, loaders[0], loaders[1]
+
+
+def model_card(cfg: Config, *, ref: zoo.ModelRef, head: str, classes: list[str], data_config: zoo.DataConfig, strategy: str) -> dict[str, Any]:
+    """``model.json``: what a run's weights are, enough to rebuild and preprocess without the config."""
+    pre = data_config.to_dict()
+    pre["resize"] = int(math.floor(data_config.input_size[-1] / data_config.crop_pct))
+    return {
+        "format": CARD_FORMAT,
+        "architecture": {
+            "zoo": ref.zoo,
+            "name": ref.name,
+            "head": head,
+            "head_hidden": list(cfg.head_hidden),
+            "head_dropout": cfg.head_dropout,
+            "surgery": list(cfg.surgery),
+        },
+        "num_classes": len(classes),
+        "classes": classes,
+        "preprocessing": pre,
+        "weights": cfg.weights,
+        "strategy": strategy,
+    }
+
+
+def format_audit(rows: list[dict[str, Any]]) -> list[str]:
+    """The freeze audit as aligned text lines (group, trainable, frozen, lr, weight decay)."""
+    lines = [f"{'group':<24} {'trainable':>12} {'frozen':>12} {'lr':>10} {'wd':>8}"]
+    for r in rows:
+        lr = r.get("lr")
+        lines.append(
+            f"{str(r.get('group', r.get('name', '?'))):<24} {r.get('trainable_params', 0):>12,} "
+            f"{r.get('frozen_params', 0):>12,} {lr if lr is None else f'{lr:.2e}':>10} {r.get('weight_decay', 0):>8.2g}"
+        )
+    return lines
+
+
+def announce(setup: Setup, notify: Callable[[str], None]) -> None:
+    """Tell the user what was loaded and what trains, before the first step."""
+    if setup.load_report is not None:
+        for line in setup.load_report.format_lines():
+            notify(line)
+    for line in format_audit(setup.plan.audit()):
+        notify(line)
+
+
+def write_run_start(run: RunDir, cfg: Config, setup: Setup) -> None:
+    from regraft.train import environment_info
+
+    run.write_text("config.yaml", cfg.to_yaml())
+    run.write_json("model.json", setup.card)
+    run.write_json("environment.json", environment_info() | {"seed": cfg.seed})
+    run.write_json("load_report.json", setup.load_report.to_dict() if setup.load_report is not None else {"source": "none", "coverage": 0.0})
+    run.write_json("freeze_audit.json", setup.plan.audit())
+    if setup.surgery_diff is not None:
+        run.write_json("surgery.json", setup.surgery_diff.to_dict())
+
+
+def linear_probe(cfg: Config, setup: Setup, *, accelerator: Any, notify: Callable[[str], None], callbacks) -> None:
+    """lp-ft stage one: fit the new head on the frozen trunk's features (regraft.features)."""
+    from regraft import features
+
+    result = features.linear_probe(
+        accelerator.unwrap_model(setup.model), head=setup.head, train_dataset=setup.train_dataset,
+        val_dataset=setup.val_dataset, cfg=cfg, accelerator=accelerator, callbacks=callbacks,
+    )
+    notify(result.message)
+
+
+def finish(cfg: Config, setup: Setup, state: Any, *, run: RunDir, accelerator: Any, wall_seconds: float) -> dict[str, Any]:
+    """Best weights back in, a last full evaluation, then summary, metrics and plots."""
+    from safetensors.torch import load_file
+
+    from regraft import engine
+
+    model = accelerator.unwrap_model(setup.model)
+    best = run.path / "model.safetensors"
+    accelerator.wait_for_everyone()
+    if best.is_file():
+        model.load_state_dict(load_file(str(best)))
+    final = engine.evaluate(setup.model, setup.val_loader, accelerator=accelerator, collect=True, channels_last=cfg.channels_last)
+    n_total = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    summary = {
+        "model": cfg.model,
+        "weights": cfg.weights,
+        "strategy": cfg.strategy,
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best_val_acc": final.accuracy,
+        "best_val_loss": final.loss,
+        "final_val_acc": state.history[-1]["val_acc"] if state.history else None,
+        "final_val_loss": state.history[-1]["val_loss"] if state.history else None,
+        "train_seconds": round(state.train_seconds, 3),
+        "wall_seconds": round(wall_seconds, 3),
+        "images_per_sec": _mean([r["images_per_sec"] for r in state.history if r.get("stage") != "probe"]),
+        "num_classes": len(setup.classes),
+        "classes": setup.classes,
+        "trainable_params": n_train,
+        "total_params": n_total,
+        "n_train": len(setup.train_dataset),
+        "n_val": final.n,
+        "stopped_early": state.stopped_early,
+        "trunk_coverage": setup.load_report.coverage if setup.load_report is not None else 0.0,
+    }
+    if accelerator.is_main_process:
+        run.write_metrics(state.history)
+        run.write_json("summary.json", summary)
+        _draw(run, setup, final)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 2) if values else None
+
+
+def _draw(run: RunDir, setup: Setup, final: Any) -> None:
+    """Plots and the HTML report; a drawing failure is logged, never fatal to a finished run."""
+    try:
+        from regraft.report import draw_run
+
+        draw_run(run, classes=setup.classes, logits=final.logits, targets=final.targets, val_dataset=setup.val_dataset, train_dataset=setup.train_dataset)
+    except Exception as exc:  # noqa: BLE001 - the weights and metrics are already saved
+        log.warning("could not draw the run's plots: %s", exc)

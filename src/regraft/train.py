@@ -1,0 +1,178 @@
+"""The path one run takes: a validated :class:`~regraft.config.Config` in, a finished run folder out.
+
+This is the only module that knows the whole sequence (docs/architecture.md): discover the
+data, build the model, load weights (and refuse to train on too little of them), graft the head,
+apply surgery, plan freezing and optimisation, train, and write the run folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from regraft import engine, zoo
+from regraft.config import Config
+from regraft.errors import ConfigError, RunError
+from regraft.runs import RunDir
+
+__all__ = ["train", "RunResult", "resolve_strategy", "default_out"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run: RunDir
+    summary: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    load_report: Any = None
+    audit: list[dict[str, Any]] = field(default_factory=list)
+
+
+def is_pretrained(weights: str | None) -> bool:
+    return (weights or "none").strip().lower() not in ("none", "", "random", "scratch")
+
+
+def resolve_strategy(cfg: Config) -> str:
+    """``auto`` becomes ``lp-ft`` with pretrained weights and ``scratch`` without (docs/freezing.md)."""
+    if cfg.strategy != "auto":
+        return cfg.strategy
+    return "lp-ft" if is_pretrained(cfg.weights) else "scratch"
+
+
+def default_out(cfg: Config, strategy: str) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = (cfg.model or "model").replace(":", "-").replace("/", "-")
+    return str(Path("runs") / f"{name}-{strategy}-{stamp}")
+
+
+def _check_cfg(cfg: Config) -> None:
+    if not cfg.data:
+        raise ConfigError("no data given: pass DATA (a folder of class subfolders) or set 'data' in the recipe")
+    if not cfg.model:
+        raise ConfigError("no model given: pass --model NAME (see 'regraft models')")
+
+
+def train(
+    cfg: Config,
+    *,
+    callbacks: Sequence[engine.Callback] = (),
+    resume: bool = False,
+    model: torch.nn.Module | None = None,
+) -> RunResult:
+    """Train one run as ``cfg`` says and write its run folder.
+
+    Args:
+        cfg: the validated config; ``cfg.out`` is the run folder (a name is made when None).
+        callbacks: progress hooks (see :class:`regraft.engine.Callback`).
+        resume: continue the run in ``cfg.out`` from its last checkpoint.
+        model: your own ``nn.Module`` instead of ``cfg.model`` from a zoo (its head is replaced
+            when the class count differs; ``load_run(RUN, model=...)`` loads it back).
+
+    Returns:
+        A :class:`RunResult` with the run folder and its summary.
+
+    Example:
+        >>> from regraft.config import Config
+        >>> result = train(Config(data="data/hotdog", model="resnet18", epochs=1))  # doctest: +SKIP
+    """
+    _check_cfg(cfg)
+    strategy = resolve_strategy(cfg)
+    cfg = replace(cfg, strategy=strategy, out=cfg.out or default_out(cfg, strategy))
+    accelerator = engine.make_accelerator(device=cfg.device, precision=cfg.precision, grad_accum=cfg.grad_accum)
+    run = RunDir(cfg.out)
+    if accelerator.is_main_process:
+        run = RunDir.prepare(cfg.out, overwrite=cfg.overwrite, resume=resume)
+    accelerator.wait_for_everyone()
+    engine.seed_everything(cfg.seed)
+    notify = _Notifier(callbacks)
+
+    from regraft import _pipeline as pipeline
+
+    setup = pipeline.setup(cfg, strategy=strategy, accelerator=accelerator, run=run, notify=notify, model=model)
+    pipeline.announce(setup, notify)
+    if accelerator.is_main_process:
+        pipeline.write_run_start(run, cfg, setup)
+
+    state = None
+    if resume:
+        from regraft.runs import load_checkpoint
+
+        state = engine.restore(load_checkpoint(run.checkpoint), model=setup.model, plan=setup.plan, accelerator=accelerator)
+        notify(f"resuming {run.path} after epoch {state.epoch} of {cfg.epochs}")
+    elif setup.plan.linear_probe_first:
+        pipeline.linear_probe(cfg, setup, accelerator=accelerator, notify=notify, callbacks=callbacks)
+
+    t0 = time.perf_counter()
+    try:
+        state = engine.fit(
+            setup.model, setup.plan, setup.train_loader, setup.val_loader,
+            epochs=cfg.epochs, accelerator=accelerator, run=run, seed=cfg.seed, state=state,
+            label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, patience=cfg.patience,
+            channels_last=cfg.channels_last, batch_transform=setup.batch_transform,
+            callbacks=callbacks, checkpoint_extra={"config": cfg.to_dict()},
+            stage="fine-tune" if setup.plan.linear_probe_first else "train",
+            after_train_mode=setup.after_train_mode,
+        )
+    except KeyboardInterrupt:
+        done = _completed_epochs(run)
+        raise RunError(
+            f"interrupted; the last checkpoint (after epoch {done}) is saved: continue with "
+            f"'regraft train --resume {run.path}'"
+        ) from None
+    wall = time.perf_counter() - t0
+    summary = pipeline.finish(cfg, setup, state, run=run, accelerator=accelerator, wall_seconds=wall)
+    return RunResult(run=run, summary=summary, history=state.history, load_report=setup.load_report, audit=setup.plan.audit())
+
+
+def _completed_epochs(run: RunDir) -> int:
+    try:
+        from regraft.runs import load_checkpoint
+
+        return int(load_checkpoint(run.checkpoint)["fit"]["epoch"])
+    except Exception:
+        return 0
+
+
+class _Notifier:
+    def __init__(self, callbacks: Sequence[engine.Callback]) -> None:
+        self.callbacks = callbacks
+
+    def __call__(self, text: str) -> None:
+        log.info(text)
+        for cb in self.callbacks:
+            cb.on_message(text)
+
+
+def environment_info() -> dict[str, Any]:
+    import accelerate
+    import timm
+    import torchvision
+
+    from regraft._version import __version__
+
+    return {
+        "regraft": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        "time": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def steps_per_epoch(n_batches: int, grad_accum: int) -> int:
+    return max(1, math.ceil(n_batches / grad_accum))

@@ -39,12 +39,13 @@ class Setup:
     batch_transform: Callable | None
     after_train_mode: Callable | None
     card: dict[str, Any]
+    ema: Any = None
 
 
 def setup(
     cfg: Config, *, strategy: str, accelerator: Any, run: RunDir, notify: Callable[[str], None], model: nn.Module | None = None
 ) -> Setup:
-    from regraft import data, strategies, surgery
+    from regraft import data, engine, strategies, surgery
     from regraft.freezing import apply_bn_policy
 
     splits = data.discover(
@@ -82,6 +83,9 @@ def setup(
     steps = max(1, math.ceil(len(train_loader) / cfg.grad_accum))
     plan = strategies.plan(model, strategy=strategy, cfg=cfg, steps_per_epoch=steps, head=head)
     model, plan.optimizer = _prepare(accelerator, model, plan.optimizer)
+    ema = engine.WeightEMA(accelerator.unwrap_model(model), decay=cfg.ema) if cfg.ema else None
+    if cfg.compile:
+        model = torch.compile(model)
     batch_transform = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
         batch_transform = data.mixup_cutmix(len(classes), mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
@@ -90,7 +94,7 @@ def setup(
         ref=ref, model=model, head=head, classes=classes, splits=splits, data_config=dcfg,
         train_dataset=train_ds, val_dataset=val_ds, train_loader=train_loader, val_loader=val_loader,
         plan=plan, load_report=report, surgery_diff=diff, batch_transform=batch_transform,
-        after_train_mode=apply_bn_policy, card=card,
+        after_train_mode=apply_bn_policy, card=card, ema=ema,
     )
 
 

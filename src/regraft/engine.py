@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from regraft.runs import RunDir
 
-__all__ = ["Callback", "EpochResult", "EvalResult", "FitState", "make_accelerator", "fit", "evaluate", "seed_everything"]
+__all__ = ["Callback", "EpochResult", "EvalResult", "FitState", "WeightEMA", "make_accelerator", "fit", "evaluate", "restore", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,56 @@ class FitState:
         return asdict(self)
 
 
+class WeightEMA:
+    """An exponential moving average of a model's weights, evaluated alongside the model.
+
+    Floating-point parameters and buffers are averaged; integer buffers (BatchNorm's
+    ``num_batches_tracked``) are copied. Updated after every optimizer step.
+    """
+
+    def __init__(self, model: nn.Module, *, decay: float) -> None:
+        import copy
+
+        if not 0.0 < decay < 1.0:
+            raise TrainingError(f"--ema must be a decay between 0 and 1 (e.g. 0.999); got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        current = model.state_dict()
+        for name, avg in self.module.state_dict().items():
+            new = current[name].detach().to(avg.device)
+            if avg.dtype.is_floating_point:
+                avg.mul_(self.decay).add_(new.to(avg.dtype), alpha=1.0 - self.decay)
+            else:
+                avg.copy_(new)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def make_accelerator(*, device: str = "auto", precision: str = "auto", grad_accum: int = 1, distributed_kwargs: bool = True) -> Accelerator:
+def make_accelerator(
+    *, device: str = "auto", precision: str = "auto", grad_accum: int = 1, distributed_kwargs: bool = True,
+    log_with: Sequence[str] = (), project_dir: str | None = None,
+) -> Accelerator:
     """An ``Accelerator`` for ``device`` (auto|cpu|cuda|mps) and ``precision`` (auto|no|fp32|bf16|fp16).
 
     ``auto`` precision is bf16 on a CUDA GPU that supports it and full precision elsewhere.
+    ``log_with``: Accelerate trackers (``tensorboard``, ``mlflow``), writing under ``project_dir``.
     """
+    _check_trackers(log_with)
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -123,7 +162,24 @@ def make_accelerator(*, device: str = "auto", precision: str = "auto", grad_accu
         mixed_precision=precision,
         gradient_accumulation_steps=grad_accum,
         kwargs_handlers=handlers,
+        log_with=list(log_with) or None,
+        project_dir=project_dir,
     )
+
+
+_TRACKER_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+
+
+def _check_trackers(names: Sequence[str]) -> None:
+    import importlib.util
+
+    from regraft.errors import ConfigError, MissingDependencyError
+
+    for name in names:
+        if name not in _TRACKER_MODULES:
+            raise ConfigError(f"--log {name}: unknown tracker; choose from {', '.join(_TRACKER_MODULES)}")
+        if importlib.util.find_spec(_TRACKER_MODULES[name]) is None:
+            raise MissingDependencyError(f"--log {name} needs {name}: pip install 'regraft[{name}]'")
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -215,6 +271,7 @@ def fit(
     checkpoint_extra: dict[str, Any] | None = None,
     stage: str = "train",
     after_train_mode: Callable[[nn.Module], Any] | None = None,
+    ema: WeightEMA | None = None,
 ) -> FitState:
     """Train ``model`` for ``epochs`` epochs with ``plan``'s optimizer and schedule.
 
@@ -230,6 +287,8 @@ def fit(
         save_model: the module whose weights are saved as the best (default ``model``); used when
             training runs on a part of the model (cached features).
         after_train_mode: called after every ``model.train()`` (the frozen-BatchNorm policy).
+        ema: a :class:`WeightEMA` updated after every optimizer step and evaluated each epoch
+            (``val_acc_ema``, ``val_loss_ema``; its best weights go to ``model_ema.safetensors``).
 
     Returns:
         The final :class:`FitState`.
@@ -252,10 +311,15 @@ def fit(
             model, optimizer, scheduler, train_loader, criterion,
             accelerator=accelerator, epoch=epoch, seed=seed, clip_grad=clip_grad,
             channels_last=channels_last, batch_transform=batch_transform,
-            callbacks=callbacks, after_train_mode=after_train_mode,
+            callbacks=callbacks, after_train_mode=after_train_mode, ema=ema,
         )
         val = evaluate(model, val_loader, accelerator=accelerator, channels_last=channels_last)
         result.val_loss, result.val_acc, result.stage = val.loss, val.accuracy, stage
+        ema_improved = False
+        if ema is not None:
+            ema_val = evaluate(ema.module, val_loader, accelerator=accelerator, channels_last=channels_last)
+            ema_improved = ema_val.accuracy > max((r.get("val_acc_ema", -1.0) for r in state.history), default=-1.0)
+            result.extra.update(val_loss_ema=ema_val.loss, val_acc_ema=ema_val.accuracy)
         state.epoch = epoch + 1
         state.train_seconds += result.epoch_seconds
         state.history.append(result.to_row())
@@ -274,7 +338,14 @@ def fit(
             target = accelerator.unwrap_model(save_model or model)
             if improved:
                 run.save_weights(target)
-            _save_checkpoint(run, accelerator, target, plan, state, checkpoint_extra)
+            if ema_improved:
+                run.save_weights(ema.module, "model_ema.safetensors")
+            extra = dict(checkpoint_extra or {})
+            if ema is not None:
+                extra["ema"] = ema.state_dict()
+            _save_checkpoint(run, accelerator, target, plan, state, extra)
+        if accelerator.trackers:
+            accelerator.log({k: v for k, v in result.to_row().items() if isinstance(v, (int, float))}, step=epoch + 1)
         accelerator.wait_for_everyone()
         for cb in callbacks:
             cb.on_epoch_end(result)
@@ -289,7 +360,7 @@ def fit(
 
 def _train_one_epoch(
     model, optimizer, scheduler, loader, criterion, *, accelerator, epoch, seed, clip_grad,
-    channels_last, batch_transform, callbacks, after_train_mode,
+    channels_last, batch_transform, callbacks, after_train_mode, ema=None,
 ) -> EpochResult:
     _seed_epoch(seed, epoch, accelerator.process_index)
     sampler = getattr(loader, "batch_sampler", None)
@@ -322,8 +393,11 @@ def _train_one_epoch(
             if clip_grad is not None and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), clip_grad)
             optimizer.step()
-            if scheduler is not None and accelerator.sync_gradients:
-                scheduler.step()
+            if accelerator.sync_gradients:
+                if scheduler is not None:
+                    scheduler.step()
+                if ema is not None:
+                    ema.update(accelerator.unwrap_model(model))
             optimizer.zero_grad(set_to_none=True)
         n = y.shape[0]
         loss_sum += float(loss.detach()) * n
@@ -379,9 +453,11 @@ def _save_checkpoint(run: RunDir, accelerator: Accelerator, model: nn.Module, pl
     save_checkpoint(run.checkpoint, payload)
 
 
-def restore(checkpoint: dict[str, Any], *, model: nn.Module, plan: Any, accelerator: Accelerator) -> FitState:
+def restore(checkpoint: dict[str, Any], *, model: nn.Module, plan: Any, accelerator: Accelerator, ema: WeightEMA | None = None) -> FitState:
     """Load a checkpoint written by :func:`fit` back into ``model``, ``plan`` and the accelerator."""
     accelerator.unwrap_model(model).load_state_dict(checkpoint["model"])
+    if ema is not None and checkpoint.get("ema") is not None:
+        ema.load_state_dict(checkpoint["ema"])
     plan.load_state_dict(checkpoint["plan"])
     plan.optimizer.load_state_dict(checkpoint["optimizer"])
     if plan.scheduler is not None and checkpoint.get("scheduler") is not None:

@@ -88,7 +88,10 @@ def train(
     _check_cfg(cfg)
     strategy = resolve_strategy(cfg)
     cfg = replace(cfg, strategy=strategy, out=cfg.out or default_out(cfg, strategy))
-    accelerator = engine.make_accelerator(device=cfg.device, precision=cfg.precision, grad_accum=cfg.grad_accum)
+    accelerator = engine.make_accelerator(
+        device=cfg.device, precision=cfg.precision, grad_accum=cfg.grad_accum,
+        log_with=cfg.log, project_dir=str(Path(cfg.out) / "logs") if cfg.log else None,
+    )
     run = RunDir(cfg.out)
     if accelerator.is_main_process:
         run = RunDir.prepare(cfg.out, overwrite=cfg.overwrite, resume=resume)
@@ -102,12 +105,14 @@ def train(
     pipeline.announce(setup, notify)
     if accelerator.is_main_process:
         pipeline.write_run_start(run, cfg, setup)
+    if cfg.log:
+        accelerator.init_trackers(run.path.name, config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
 
     state = None
     if resume:
         from regraft.runs import load_checkpoint
 
-        state = engine.restore(load_checkpoint(run.checkpoint), model=setup.model, plan=setup.plan, accelerator=accelerator)
+        state = engine.restore(load_checkpoint(run.checkpoint), model=setup.model, plan=setup.plan, accelerator=accelerator, ema=setup.ema)
         notify(f"resuming {run.path} after epoch {state.epoch} of {cfg.epochs}")
     elif setup.plan.linear_probe_first:
         pipeline.linear_probe(cfg, setup, accelerator=accelerator, notify=notify, callbacks=callbacks)
@@ -121,7 +126,7 @@ def train(
             channels_last=cfg.channels_last, batch_transform=setup.batch_transform,
             callbacks=callbacks, checkpoint_extra={"config": cfg.to_dict()},
             stage="fine-tune" if setup.plan.linear_probe_first else "train",
-            after_train_mode=setup.after_train_mode,
+            after_train_mode=setup.after_train_mode, ema=setup.ema,
         )
     except KeyboardInterrupt:
         done = _completed_epochs(run)
@@ -129,6 +134,9 @@ def train(
             f"interrupted; the last checkpoint (after epoch {done}) is saved: continue with "
             f"'regraft train --resume {run.path}'"
         ) from None
+    finally:
+        if accelerator.trackers:
+            accelerator.end_training()
     wall = time.perf_counter() - t0
     summary = pipeline.finish(cfg, setup, state, run=run, accelerator=accelerator, wall_seconds=wall)
     return RunResult(run=run, summary=summary, history=state.history, load_report=setup.load_report, audit=setup.plan.audit())

@@ -20,6 +20,7 @@ __all__ = [
     "DataError",
     "TrainingError",
     "RunError",
+    "Interrupted",
     "ExportError",
     "MissingDependencyError",
 ]
@@ -71,6 +72,10 @@ class TrainingError(RegraftError):
 
 class RunError(RegraftError):
     """A run folder is missing, incomplete or would be overwritten."""
+
+
+class Interrupted(RunError):
+    """Training was interrupted (Ctrl-C); the message says how to resume."""
 
 
 class ExportError(RegraftError):

@@ -21,7 +21,7 @@ import torch
 
 from regraft import engine, zoo
 from regraft.config import Config
-from regraft.errors import ConfigError, RunError
+from regraft.errors import ConfigError, Interrupted
 from regraft.runs import RunDir
 
 __all__ = ["train", "RunResult", "resolve_strategy", "default_out"]
@@ -130,9 +130,10 @@ def train(
         )
     except KeyboardInterrupt:
         done = _completed_epochs(run)
-        raise RunError(
-            f"interrupted; the last checkpoint (after epoch {done}) is saved: continue with "
-            f"'regraft train --resume {run.path}'"
+        if done == 0:
+            raise Interrupted(f"interrupted before the first epoch finished; nothing to resume in {run.path}: start again") from None
+        raise Interrupted(
+            f"interrupted; the checkpoint after epoch {done} is saved: continue with 'regraft train --resume {run.path}'"
         ) from None
     finally:
         if accelerator.trackers:

@@ -82,7 +82,8 @@ class RichProgress(PlainProgress):
 
 
 def make_progress(quiet: bool = False) -> list[Callback]:
-    if quiet:
+    # under torchrun / accelerate launch only the main process reports
+    if quiet or int(os.environ.get("RANK", "0")) != 0:
         return []
     if sys.stdout.isatty() and os.environ.get("REGRAFT_NO_PROGRESS") != "1":
         return [RichProgress()]

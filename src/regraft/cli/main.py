@@ -81,10 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from regraft.errors import RegraftError
+    from regraft.errors import Interrupted, RegraftError
 
     try:
         return int(args._module.run(args) or 0)
+    except Interrupted as exc:
+        sys.stderr.write(f"regraft: {exc}\n")
+        return 130
     except RegraftError as exc:
         if debug:
             raise

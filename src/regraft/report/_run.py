@@ -1,0 +1,229 @@
+"""Draw everything for a finished run: from logits, targets and datasets to PNGs and report.html.
+
+This is the one place in ``report/`` that knows about tensors and datasets, and only by duck
+typing: logits/targets are anything ``numpy.asarray`` takes (torch tensors are moved to the CPU
+first); a dataset is anything with ``len`` and ``ds[i] -> (image, label)``, and when it has a
+``samples`` list of ``(path, label)`` (like torchvision's ``ImageFolder``) the original file is
+shown instead of the transformed tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from regraft.report.grids import plot_samples, plot_top_losses
+from regraft.report.html import write_html_report
+from regraft.report.plots import plot_confusion, plot_curves
+from regraft.runs import RunDir
+
+__all__ = ["draw_run", "confusion_matrix", "to_image"]
+
+log = logging.getLogger(__name__)
+_THUMB = 160  # pixels: enough to recognise an image in a 2-inch grid cell
+
+
+def draw_run(
+    run: RunDir | str | Path,
+    *,
+    classes: Sequence[str],
+    logits: Any = None,
+    targets: Any = None,
+    val_dataset: Any = None,
+    train_dataset: Any = None,
+    indices: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    top_n: int = 16,
+    n_samples: int = 16,
+) -> list[Path]:
+    """Write a run's plots (curves, confusion matrix, top losses, samples) and its report.html.
+
+    Each figure is drawn independently: one that fails is logged as a warning and the rest, and
+    the report, are still written. Figures whose inputs were not given are skipped.
+
+    Args:
+        run: the run folder (its ``metrics.csv`` and ``summary.json`` are read).
+        classes: class names in label order.
+        logits: (N, K) validation logits of the best weights.
+        targets: (N,) validation labels.
+        val_dataset: the validation dataset, for the top-loss images.
+        train_dataset: the training dataset (with augmentation), for ``samples.png``.
+        indices: the dataset index of each logits row, when it is not simply ``0..N-1``
+            (e.g. gathered from several processes).
+        mean, std: the normalisation, to show tensors in true colour (else each image is
+            stretched to its own range).
+        top_n: images in ``top_losses.png``.
+        n_samples: images in ``samples.png``.
+
+    Returns:
+        The files written, report.html last.
+
+    Raises:
+        RunError: the run folder does not exist (from :func:`write_html_report`).
+    """
+    folder = Path(getattr(run, "path", run))
+    norm = (mean, std)
+    steps: list[tuple[str, Callable[[Path], Path | None]]] = [
+        ("curves.png", lambda p: _curves(folder, p)),
+        ("confusion_matrix.png", lambda p: _confusion(logits, targets, classes, p)),
+        ("top_losses.png", lambda p: _top_losses(logits, targets, classes, val_dataset, indices, norm, p, top_n)),
+        ("samples.png", lambda p: _samples(train_dataset, classes, norm, p, n_samples)),
+    ]
+    written: list[Path] = []
+    for name, draw in steps:
+        try:
+            out = draw(folder / name)
+        except Exception as exc:  # noqa: BLE001 - one bad figure must not cost the others
+            log.warning("could not draw %s: %s", name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            continue
+        if out is not None:
+            written.append(out)
+    written.append(write_html_report(folder))
+    return written
+
+
+def confusion_matrix(targets: Any, predictions: Any, *, num_classes: int) -> np.ndarray:
+    """Counts of (true, predicted) pairs as a ``num_classes``×``num_classes`` int64 array.
+
+    Example:
+        >>> confusion_matrix([0, 1, 1], [0, 1, 0], num_classes=2).tolist()
+        [[1, 0], [1, 1]]
+    """
+    y = _numpy(targets).astype(np.int64).ravel()
+    p = _numpy(predictions).astype(np.int64).ravel()
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    ok = (y >= 0) & (y < num_classes) & (p >= 0) & (p < num_classes)
+    np.add.at(cm, (y[ok], p[ok]), 1)
+    return cm
+
+
+def to_image(x: Any, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
+    """An HWC uint8 array from a CHW/HWC tensor or array, undoing ``mean``/``std`` when given."""
+    arr = _numpy(x).astype(np.float64)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if mean is not None and std is not None and arr.ndim == 3:
+        arr = np.clip(arr * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
+    else:
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    return (arr * 255.0 + 0.5).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------- steps
+
+
+def _curves(folder: Path, path: Path) -> Path | None:
+    rows = RunDir(folder).read_metrics()
+    return plot_curves(rows, path, title=_title(folder)) if rows else None
+
+
+def _confusion(logits: Any, targets: Any, classes: Sequence[str], path: Path) -> Path | None:
+    if logits is None or targets is None:
+        return None
+    preds = _numpy(logits).argmax(axis=1) if len(_numpy(logits)) else np.zeros(0, dtype=np.int64)
+    return plot_confusion(confusion_matrix(targets, preds, num_classes=len(classes)), classes, path)
+
+
+def _top_losses(logits, targets, classes, dataset, indices, norm, path: Path, n: int) -> Path | None:
+    if logits is None or targets is None or dataset is None:
+        return None
+    z = _numpy(logits).astype(np.float64)
+    y = _numpy(targets).astype(np.int64).ravel()
+    rows = list(indices) if indices is not None else list(range(len(y)))
+    if indices is None and len(y) != len(dataset):
+        log.warning("top_losses.png skipped: %d logits for %d images and no indices to match them", len(y), len(dataset))
+        return None
+    z = z - z.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    preds = probs.argmax(axis=1)
+    losses = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))
+    wrong = np.flatnonzero(preds != y)
+    worst = wrong[np.argsort(-losses[wrong], kind="stable")][:n]
+    items = [
+        (_dataset_image(dataset, rows[i], norm), classes[y[i]], classes[preds[i]], float(probs[i, preds[i]]), float(losses[i]))
+        for i in worst
+    ]
+    return plot_top_losses(items, path, n=n)
+
+
+def _samples(dataset: Any, classes: Sequence[str], norm, path: Path, n: int) -> Path | None:
+    if dataset is None or len(dataset) == 0:
+        return None
+    picks = sorted(np.random.default_rng(0).choice(len(dataset), size=min(n, len(dataset)), replace=False).tolist())
+    images, labels = [], []
+    with _preserved_rng():  # augmentations draw random numbers; training's streams stay as they were
+        for i in picks:
+            image, label = dataset[i][:2]
+            images.append(to_image(image, mean=norm[0], std=norm[1]))
+            labels.append(classes[int(label)])
+    return plot_samples(images, labels, path)
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def _dataset_image(dataset: Any, index: int, norm: tuple[Any, Any]) -> np.ndarray:
+    """The original file when the dataset lists paths, else its (transformed) tensor."""
+    samples = getattr(dataset, "samples", None)
+    if samples is not None:
+        entry = samples[index]
+        file = entry[0] if isinstance(entry, (tuple, list)) else getattr(entry, "path", entry)
+        if isinstance(file, (str, Path)):
+            with contextlib.suppress(OSError, ValueError):
+                return _thumbnail(Path(file))
+    item = dataset[index]
+    return to_image(item[0] if isinstance(item, (tuple, list)) else item, mean=norm[0], std=norm[1])
+
+
+def _thumbnail(path: Path) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        im.thumbnail((_THUMB, _THUMB))
+        return np.asarray(im)
+
+
+@contextlib.contextmanager
+def _preserved_rng() -> Iterator[None]:
+    py_state, np_state = random.getstate(), np.random.get_state()
+    torch = sys.modules.get("torch")
+    ctx = torch.random.fork_rng(devices=[]) if torch is not None else contextlib.nullcontext()
+    try:
+        with ctx:
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if hasattr(x, "is_floating_point") and x.is_floating_point():
+            x = x.double()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _title(folder: Path) -> str | None:
+    import json
+
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict):
+        return None
+    return " · ".join(str(summary[k]) for k in ("model", "strategy") if summary.get(k)) or None

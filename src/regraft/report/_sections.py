@@ -1,0 +1,231 @@
+"""HTML fragments for report.html: one function per section, every value escaped.
+
+Each renderer takes already-parsed data and returns an HTML string; none reads files. Values
+from the run folder are data, so everything goes through :func:`esc` (class names, config
+values and key names included).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "esc", "section", "summary_cards", "figure", "load_report", "freeze_audit", "metrics_table",
+    "pre", "key_values", "PNG_MAGIC",
+]  # fmt: skip
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_OPEN_LIST_MAX = 10  # longer lists of keys start collapsed
+_INT_COLUMNS = ("epoch", "trainable_params", "frozen_params", "params")
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{esc(anchor)}">\n<h2>{esc(title)}</h2>\n{body}\n</section>'
+
+
+def pre(text: str) -> str:
+    return f"<pre>{esc(text)}</pre>"
+
+
+def figure(name: str, png: bytes, caption: str) -> str:
+    """An ``<img>`` with the PNG inline as a base64 data URI, so the page needs no other file."""
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f'<figure><img alt="{esc(name)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+    )
+
+
+def summary_cards(summary: Mapping[str, Any]) -> str:
+    """The run's headline figures as a row of cards, then every summary field collapsed."""
+    cards = []
+    best = summary.get("best_val_acc")
+    if best is not None:
+        where = f"epoch {summary.get('best_epoch', '?')} of {summary.get('epochs', '?')}"
+        cards.append(("best val accuracy", _pct(best), where))
+    if summary.get("final_val_acc") is not None:
+        cards.append(("final val accuracy", _pct(summary["final_val_acc"]), "last epoch"))
+    if summary.get("best_val_loss") is not None:
+        cards.append(("val loss", _num(summary["best_val_loss"], "loss"), "best weights"))
+    if summary.get("train_seconds") is not None:
+        cards.append(("training time", _duration(summary["train_seconds"]), _rate(summary.get("images_per_sec"))))
+    if summary.get("trainable_params") is not None:
+        total = summary.get("total_params")
+        share = f"of {_num(total, 'count')} ({_share(summary['trainable_params'], total)})" if total else ""
+        cards.append(("trainable params", _num(summary["trainable_params"], "count"), share))
+    if summary.get("trunk_coverage") is not None:
+        cards.append(("trunk from weights", _pct(summary["trunk_coverage"]), str(summary.get("weights", ""))))
+    classes = summary.get("classes") or []
+    if classes or summary.get("num_classes") is not None:
+        cards.append(("classes", esc(summary.get("num_classes", len(classes))), _preview(classes)))
+    body = "".join(
+        f'<div class="card"><div class="label">{esc(label)}</div><div class="value">{value}</div>'
+        f'<div class="note">{esc(note)}</div></div>'
+        for label, value, note in cards
+    )
+    return f'<div class="cards">{body}</div>\n' + _details("all summary fields", key_values(summary), open_=False)
+
+
+def key_values(data: Mapping[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{_value(v)}</td></tr>" for k, v in data.items())
+    return f'<table class="kv">{rows}</table>'
+
+
+def load_report(report: Mapping[str, Any]) -> str:
+    """Coverage and scalar fields as a table; each list of keys as a (collapsible) list."""
+    scalars = {k: v for k, v in report.items() if not isinstance(v, list)}
+    lists = {k: v for k, v in report.items() if isinstance(v, list)}
+    parts = []
+    if "coverage" in scalars:
+        cov = scalars["coverage"]
+        parts.append(f'<p class="coverage">trunk coverage <strong>{_pct(cov)}</strong>{_bar(cov)}</p>')
+    rest = {k: v for k, v in scalars.items() if k != "coverage"}
+    if rest:
+        parts.append(key_values(rest))
+    for name, items in lists.items():
+        title = f"{name} ({len(items)})"
+        if not items:
+            parts.append(f'<p class="empty">{esc(title)}</p>')
+            continue
+        body = "<ul>" + "".join(f"<li><code>{esc(_item(it))}</code></li>" for it in items) + "</ul>"
+        parts.append(_details(title, body, open_=len(items) <= _OPEN_LIST_MAX))
+    return "\n".join(parts)
+
+
+def freeze_audit(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The audit rows as a table, with a total of trainable and frozen parameters."""
+    table = _table(rows, numeric_total=("trainable_params", "frozen_params"))
+    return table if rows else '<p class="empty">no parameter groups recorded</p>'
+
+
+def metrics_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One row per epoch; the epoch with the best validation accuracy highlighted."""
+    accs = [_float(r.get("val_acc")) for r in rows]
+    best = max(range(len(rows)), key=lambda i: -math.inf if math.isnan(accs[i]) else accs[i], default=None)
+    if best is not None and math.isnan(accs[best]):
+        best = None
+    return _table(rows, highlight=best)
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def _table(rows: Sequence[Mapping[str, Any]], *, highlight: int | None = None, numeric_total: Sequence[str] = ()) -> str:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = []
+    for i, r in enumerate(rows):
+        cls = ' class="best"' if i == highlight else ""
+        cells = "".join(f"<td>{esc(_cell(c, r.get(c)))}</td>" for c in columns)
+        body.append(f"<tr{cls}>{cells}</tr>")
+    if numeric_total and rows:
+        totals = {c: sum(int(f) for f in (_float(r.get(c)) for r in rows) if not math.isnan(f)) for c in numeric_total if c in columns}
+        cells = "".join(
+            f"<td>{esc(_cell(c, totals[c]) if c in totals else ('total' if j == 0 else ''))}</td>" for j, c in enumerate(columns)
+        )
+        body.append(f'<tr class="total">{cells}</tr>')
+    return f'<div class="scroll"><table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    name = column.lower()
+    if name in _INT_COLUMNS or name.endswith("_params"):
+        return f"{int(value):,}"
+    if name == "lr" or name.endswith("_lr"):
+        return f"{value:.2e}"
+    if name.endswith("acc") or name.endswith("loss"):
+        return f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4g}"
+
+
+def _details(title: str, body: str, *, open_: bool) -> str:
+    flag = " open" if open_ else ""
+    return f"<details{flag}><summary>{esc(title)}</summary>\n{body}\n</details>"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, Mapping):
+        return key_values(v)
+    if isinstance(v, list):
+        text = ", ".join(_item(x) for x in v)
+        return esc(text) if len(v) <= _OPEN_LIST_MAX else _details(f"{len(v)} items", esc(text), open_=False)
+    return esc(v)
+
+
+def _item(it: Any) -> str:
+    """One entry of a load-report list: a key, a (old, new) pair, or a dict of details."""
+    if isinstance(it, (list, tuple)):
+        return " → ".join(_item(x) for x in it)
+    if isinstance(it, Mapping):
+        return ", ".join(f"{k}: {_item(v)}" for k, v in it.items())
+    return str(it)
+
+
+def _bar(fraction: Any) -> str:
+    f = _float(fraction)
+    width = 0.0 if math.isnan(f) else min(max(f, 0.0), 1.0) * 100
+    return f'<span class="bar"><span style="width:{width:.1f}%"></span></span>'
+
+
+def _preview(classes: Sequence[Any]) -> str:
+    shown = ", ".join(str(c) for c in classes[:6])
+    return shown + (f", … (+{len(classes) - 6})" if len(classes) > 6 else "")
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _pct(v: Any) -> str:
+    f = _float(v)
+    return "—" if math.isnan(f) else f"{f * 100:.1f}%"
+
+
+def _share(part: Any, total: Any) -> str:
+    """A percentage that keeps small shares visible: 1,539 of 11 M is 0.014%, not 0.0%."""
+    f = _float(part) / _float(total) * 100
+    if math.isnan(f):
+        return "—"
+    return f"{f:.1f}%" if f >= 1 or f == 0 else f"{f:.2g}%"
+
+
+def _num(v: Any, kind: str) -> str:
+    f = _float(v)
+    if math.isnan(f):
+        return "—"
+    return f"{f:.4f}" if kind == "loss" else f"{int(f):,}"
+
+
+def _rate(v: Any) -> str:
+    f = _float(v)
+    return "" if math.isnan(f) else f"{f:,.1f} images/s"
+
+
+def _duration(seconds: Any) -> str:
+    s = _float(seconds)
+    if math.isnan(s):
+        return "—"
+    if s < 60:
+        return f"{s:.1f} s"
+    minutes, sec = divmod(int(round(s)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {sec:02d}s"

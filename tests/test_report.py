@@ -244,12 +244,15 @@ def _fake_run(folder: Path) -> Path:
         "total_params": 11_178_051, "trunk_coverage": 0.995,
     })  # fmt: skip
     run.write_metrics(_rows(6, stage_switch=2))
-    run.write_json("load_report.json", {
-        "source": "torchvision:ResNet18_Weights.IMAGENET1K_V1", "coverage": 0.995,
-        "loaded": [f"layer{i}.weight" for i in range(30)], "renamed": [["module.fc.w", "fc.weight"]],
-        "matched_by_position": [], "adapted": [{"key": "conv1.weight", "how": "mean over channels"}],
-        "skipped": ["fc.weight", "fc.bias"], "mismatched": [], "missing": [], "unexpected": [HOSTILE],
-    })  # fmt: skip
+    from regraft.weights import LoadReport  # the real class: the page follows its to_dict()
+
+    load = LoadReport(
+        source="torchvision:ResNet18_Weights.IMAGENET1K_V1", loaded=[f"layer{i}.weight" for i in range(30)],
+        renamed={"module.fc.w": "fc.weight"}, adapted={"conv1.weight": "mean over channels"},
+        skipped={"fc.weight": "old head", "fc.bias": "old head"}, unexpected=[HOSTILE],
+        coverage=0.995, trunk_params=11_176_512, trunk_params_loaded=11_120_629,
+    )  # fmt: skip
+    run.write_json("load_report.json", load.to_dict())
     run.write_json("freeze_audit.json", [
         {"group": "trunk", "trainable_params": 0, "frozen_params": 11_176_512, "lr": None, "weight_decay": 0.0},
         {"group": "head", "trainable_params": 1539, "frozen_params": 0, "lr": 1e-3, "weight_decay": 0.05},
@@ -282,7 +285,8 @@ def test_report_has_every_section(fake_run, page):
     assert "of 11,178,051 (0.014%)" in page  # a small trainable share stays visible
     assert "11,176,512" in page and "<td>total</td>" in page  # freeze audit with its total
     assert page.count('<tr class="best">') == 1  # the best epoch highlighted in the metrics table
-    assert "module.fc.w → fc.weight" in page and "conv1.weight" in page
+    assert "module.fc.w → fc.weight" in page and "conv1.weight → mean over channels" in page
+    assert "(11,120,629 of 11,176,512 trunk parameters)" in page
 
 
 def test_report_is_self_contained(page):
@@ -346,6 +350,13 @@ class _Dataset:
     def __len__(self):
         return len(self.items)
 
+    def raw(self, key):
+        """Like regraft's ImageDataset.raw: the uint8 crop before normalisation (here all red)."""
+        index, _seed = key
+        img = np.zeros((3, 16, 16), np.uint8)
+        img[0] = 255
+        return img, self.items[index][1]
+
     def __getitem__(self, i):
         return self.items[i]
 
@@ -366,6 +377,8 @@ def test_draw_run_writes_every_figure_and_the_report(tmp_path):
     assert names == ["curves.png", "confusion_matrix.png", "top_losses.png", "samples.png", "report.html"]
     for p in written[:-1]:
         _png(p)
+    pixels = np.asarray(Image.open(folder / "samples.png").convert("RGB")).reshape(-1, 3)
+    assert ((pixels[:, 0] > 240) & (pixels[:, 1] < 15)).sum() > 1000  # raw() crops, in true colour
     assert report.render_html_report(folder).count("<img ") == 4
 
 
@@ -383,6 +396,10 @@ def test_confusion_matrix_and_to_image():
     assert report.confusion_matrix([0, 1, 1, 2], [0, 1, 0, 2], num_classes=3).tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
     img = report.to_image(np.stack([np.zeros((4, 4)), np.ones((4, 4)), np.full((4, 4), 0.5)]))
     assert img.shape == (4, 4, 3) and img.dtype == np.uint8 and img[..., 1].max() == 255
+    pixels = np.full((3, 4, 4), 7, np.uint8)  # uint8 pixels are already colours: no stretching
+    assert report.to_image(pixels).tolist() == np.full((4, 4, 3), 7).tolist()
+    normalised = np.zeros((3, 2, 2), np.float32)  # the mean itself, un-normalised
+    assert report.to_image(normalised, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)).max() == 128
 
 
 # ---------------------------------------------------------------------------- a real browser

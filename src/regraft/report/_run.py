@@ -106,12 +106,19 @@ def confusion_matrix(targets: Any, predictions: Any, *, num_classes: int) -> np.
 
 
 def to_image(x: Any, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
-    """An HWC uint8 array from a CHW/HWC tensor or array, undoing ``mean``/``std`` when given."""
-    arr = _numpy(x).astype(np.float64)
+    """An HWC uint8 array from a CHW/HWC tensor or array.
+
+    Integer pixels are taken as 0-255; float ones are un-normalised with ``mean``/``std`` when
+    given, else stretched to their own range.
+    """
+    raw = _numpy(x)
+    arr = raw.astype(np.float64)
     if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
         arr = arr.transpose(1, 2, 0)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
+    if np.issubdtype(raw.dtype, np.integer):
+        return np.clip(arr, 0, 255).astype(np.uint8)
     if mean is not None and std is not None and arr.ndim == 3:
         arr = np.clip(arr * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
     else:
@@ -164,10 +171,22 @@ def _samples(dataset: Any, classes: Sequence[str], norm, path: Path, n: int) -> 
     images, labels = [], []
     with _preserved_rng():  # augmentations draw random numbers; training's streams stay as they were
         for i in picks:
-            image, label = dataset[i][:2]
-            images.append(to_image(image, mean=norm[0], std=norm[1]))
-            labels.append(classes[int(label)])
-    return plot_samples(images, labels, path)
+            item = _augmented(dataset, i)
+            if item is None:  # an unreadable file the dataset drops
+                continue
+            images.append(to_image(item[0], mean=norm[0], std=norm[1]))
+            labels.append(classes[int(item[1])])
+    return plot_samples(images, labels, path) if images else None
+
+
+def _augmented(dataset: Any, index: int) -> Any:
+    """``(image, label)`` after augmentation: regraft's ``ImageDataset.raw`` gives the uint8 crop
+    before normalisation (true colours), with a fixed seed per image (the same picture each time)."""
+    raw = getattr(dataset, "raw", None)
+    if callable(raw):
+        with contextlib.suppress(TypeError):  # raw() needs regraft's own transforms
+            return raw((index, index))
+    return dataset[index]
 
 
 # --------------------------------------------------------------------------------------- helpers

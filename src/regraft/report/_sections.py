@@ -80,23 +80,29 @@ def key_values(data: Mapping[str, Any]) -> str:
 
 
 def load_report(report: Mapping[str, Any]) -> str:
-    """Coverage and scalar fields as a table; each list of keys as a (collapsible) list."""
-    scalars = {k: v for k, v in report.items() if not isinstance(v, list)}
-    lists = {k: v for k, v in report.items() if isinstance(v, list)}
+    """``LoadReport.to_dict()``: coverage as a bar, the scalar fields as a table, then each
+    collection of keys (lists, and mappings such as ``renamed`` shown as ``old → new``) as a
+    list that starts collapsed when long."""
     parts = []
-    if "coverage" in scalars:
-        cov = scalars["coverage"]
-        parts.append(f'<p class="coverage">trunk coverage <strong>{_pct(cov)}</strong>{_bar(cov)}</p>')
-    rest = {k: v for k, v in scalars.items() if k != "coverage"}
-    if rest:
-        parts.append(key_values(rest))
-    for name, items in lists.items():
-        title = f"{name} ({len(items)})"
-        if not items:
+    if "coverage" in report:
+        cov = report["coverage"]
+        of = ""
+        if report.get("trunk_params"):
+            of = f" ({_num(report.get('trunk_params_loaded'), 'count')} of {_num(report['trunk_params'], 'count')} trunk parameters)"
+        parts.append(f'<p class="coverage">trunk coverage <strong>{_pct(cov)}</strong>{esc(of)}{_bar(cov)}</p>')
+    scalars = {k: v for k, v in report.items() if not isinstance(v, (list, Mapping)) and k != "coverage" and v is not None}
+    if scalars:
+        parts.append(key_values(scalars))
+    for name, items in report.items():
+        if name == "counts" or not isinstance(items, (list, Mapping)):
+            continue  # counts repeat the lengths shown in each title
+        entries = [f"{k} → {_item(v)}" for k, v in items.items()] if isinstance(items, Mapping) else [_item(it) for it in items]
+        title = f"{name} ({len(entries)})"
+        if not entries:
             parts.append(f'<p class="empty">{esc(title)}</p>')
             continue
-        body = "<ul>" + "".join(f"<li><code>{esc(_item(it))}</code></li>" for it in items) + "</ul>"
-        parts.append(_details(title, body, open_=len(items) <= _OPEN_LIST_MAX))
+        body = "<ul>" + "".join(f"<li><code>{esc(e)}</code></li>" for e in entries) + "</ul>"
+        parts.append(_details(title, body, open_=len(entries) <= _OPEN_LIST_MAX))
     return "\n".join(parts)
 
 

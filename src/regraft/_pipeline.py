@@ -253,7 +253,7 @@ def finish(cfg: Config, setup: Setup, state: Any, *, run: RunDir, accelerator: A
     if accelerator.is_main_process:
         run.write_metrics(state.history)
         run.write_json("summary.json", summary)
-        _draw(run, setup, final)
+        _draw(run, setup, final, world_size=accelerator.num_processes)
     accelerator.wait_for_everyone()
     return summary
 
@@ -262,11 +262,18 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 2) if values else None
 
 
-def _draw(run: RunDir, setup: Setup, final: Any) -> None:
+def _draw(run: RunDir, setup: Setup, final: Any, *, world_size: int = 1) -> None:
     """Plots and the HTML report; a drawing failure is logged, never fatal to a finished run."""
     try:
         from regraft.report import draw_run
 
-        draw_run(run, classes=setup.classes, logits=final.logits, targets=final.targets, val_dataset=setup.val_dataset, train_dataset=setup.train_dataset)
+        n, world = final.n, world_size
+        # under DDP the gathered logits come rank by rank, each rank's shard being i::world
+        indices = [i for r in range(world) for i in range(r, n, world)] if world > 1 else None
+        draw_run(
+            run, classes=setup.classes, logits=final.logits, targets=final.targets,
+            val_dataset=setup.val_dataset, train_dataset=setup.train_dataset, indices=indices,
+            mean=setup.data_config.mean, std=setup.data_config.std,
+        )
     except Exception as exc:  # noqa: BLE001 - the weights and metrics are already saved
         log.warning("could not draw the run's plots: %s", exc)

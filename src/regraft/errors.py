@@ -22,6 +22,7 @@ __all__ = [
     "RunError",
     "Interrupted",
     "ExportError",
+    "ReportError",
     "MissingDependencyError",
 ]
 
@@ -80,6 +81,10 @@ class Interrupted(RunError):
 
 class ExportError(RegraftError):
     """An export failed or does not match the eager model."""
+
+
+class ReportError(RegraftError, ValueError):
+    """Data handed to a drawing function cannot be drawn (empty, wrong shape)."""
 
 
 class MissingDependencyError(RegraftError, ImportError):

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from regraft.errors import RegraftError
+from regraft.errors import ReportError
 from regraft.runs import atomic_write_bytes
 
 __all__ = ["ReportError", "png_figure", "as_float", "short_label", "column", "epochs_of", "COLORS"]
@@ -42,10 +42,6 @@ _STYLE: dict[str, Any] = {
     "svg.hashsalt": "regraft",
 }
 DPI = 100
-
-
-class ReportError(RegraftError, ValueError):
-    """The data given to a drawing function cannot be drawn (wrong shape, nothing to compare)."""
 
 
 @contextmanager

@@ -1,0 +1,225 @@
+"""Export a finished run: ONNX, TorchScript, ``torch.export`` or safetensors, with its ``model.json``.
+
+Each export is checked before it is written: random batches of 2 and 3 images go through the
+eager model and through the export loaded back (onnxruntime for ONNX), and the largest absolute
+difference in the logits is returned; above ``atol`` nothing is written and :class:`ExportError`
+says by how much. Beside the file goes ``<stem>.json`` (``model.json`` by default): the run's
+model card (architecture, classes, input size, mean/std, interpolation, crop) plus an
+``exports`` entry per format written to that folder (file name, format, the difference found).
+
+An exported ONNX file runs without torch: :func:`predict_onnx` (and ``regraft predict
+model.onnx IMAGES``) use onnxruntime, numpy and Pillow only. onnx and onnxruntime come with the
+optional extra: ``pip install 'regraft[export]'``.
+
+Example:
+    >>> result = export("runs/exp1", format="onnx")          # doctest: +SKIP
+    >>> result.path, result.max_abs_diff                      # doctest: +SKIP
+    (PosixPath('runs/exp1/export/model.onnx'), 1.9e-06)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from regraft._export_runtime import OnnxClassifier, load_onnx, predict_onnx, require, sidecar_path
+from regraft.errors import ConfigError, ExportError
+from regraft.runs import LoadedRun, atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "ExportFormat",
+    "ExportResult",
+    "OnnxClassifier",
+    "export",
+    "load_onnx",
+    "predict_onnx",
+    "sidecar_path",
+]
+
+log = logging.getLogger(__name__)
+
+# Logits of float32 models differ by ~1e-5 between eager PyTorch and onnxruntime's fused kernels
+# at ImageNet scale; a wrong export differs by orders of magnitude more.
+DEFAULT_ATOL = 1e-3
+
+
+class ExportFormat(str, Enum):
+    """The formats :func:`export` writes; ``extensions[0]`` names the default file."""
+
+    ONNX = "onnx"
+    TORCHSCRIPT = "torchscript"
+    EXPORTED = "exported"
+    SAFETENSORS = "safetensors"
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        return _EXTENSIONS[self]
+
+    @classmethod
+    def parse(cls, value: str | ExportFormat) -> ExportFormat:
+        """``"onnx"`` -> ``ExportFormat.ONNX``; ConfigError listing the formats otherwise."""
+        try:
+            return cls(str(getattr(value, "value", value)).lower())
+        except ValueError:
+            raise ConfigError(
+                f"export format must be one of {', '.join(f.value for f in cls)}; got '{value}'"
+            ) from None
+
+
+_EXTENSIONS = {
+    ExportFormat.ONNX: (".onnx",),
+    ExportFormat.TORCHSCRIPT: (".pt", ".ts", ".torchscript"),
+    ExportFormat.EXPORTED: (".pt2",),
+    ExportFormat.SAFETENSORS: (".safetensors",),
+}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export` wrote and how closely the export matched the eager model."""
+
+    path: Path
+    model_json: Path
+    format: ExportFormat
+    max_abs_diff: float
+    atol: float
+    batch_sizes: tuple[int, ...]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def export(
+    run: str | Path | LoadedRun,
+    *,
+    format: str | ExportFormat = ExportFormat.ONNX,  # shadows the builtin: the word users know from --format
+    out: str | Path | None = None,
+    opset: int | None = None,
+    atol: float = DEFAULT_ATOL,
+) -> ExportResult:
+    """Export a run's model, check it against eager PyTorch, write it and its ``model.json``.
+
+    Args:
+        run: a run folder, or a :class:`~regraft.runs.LoadedRun` (e.g. ``load_run(RUN, model=MyNet())``
+            for a run of your own module).
+        format: ``onnx``, ``torchscript``, ``exported`` (``torch.export``, ``.pt2``) or ``safetensors``.
+        out: the file to write, or a folder to write ``model.<ext>`` into
+            (default ``RUN/export/model.<ext>``).
+        opset: ONNX opset (default: the exporter's); ONNX only.
+        atol: the largest absolute logit difference accepted.
+
+    Returns:
+        An :class:`ExportResult` (file, ``model.json``, the largest difference found).
+
+    Raises:
+        ConfigError: unknown format, an ``out`` with another format's extension, a bad opset/atol.
+        MissingDependencyError: ONNX without onnx/onnxruntime installed.
+        RunError: ``run`` is not a finished run.
+        ExportError: the exporter failed or the export differs from eager by more than ``atol``.
+
+    Example:
+        >>> export("runs/exp1", format="torchscript", out="deploy/clf.pt")   # doctest: +SKIP
+    """
+    fmt = ExportFormat.parse(format)
+    _check_options(fmt, opset=opset, atol=atol)
+    if fmt is ExportFormat.ONNX:
+        require("onnx", "onnxruntime", "onnxscript", purpose="--format onnx")
+    import torch
+
+    from regraft import _export_formats as formats
+    from regraft.runs import load_run
+
+    loaded = run if isinstance(run, LoadedRun) else load_run(run, device="cpu")
+    target = _target_path(loaded, fmt, out)
+    model = _cpu_eval_model(loaded.model)
+    input_size = tuple(int(v) for v in loaded.card["preprocessing"]["input_size"])
+    example = torch.randn(formats.BATCH_SIZES[0], *input_size, generator=torch.Generator().manual_seed(1))
+    serialised = formats.serialise(model, fmt.value, example=example, opset=opset, card=loaded.card)
+    runner = formats.reload(fmt.value, serialised.data, model=model)
+    diff = formats.max_abs_diff(model, runner, fmt=fmt.value, input_size=input_size)
+    if not diff <= atol:
+        raise ExportError(
+            f"the {fmt.value} export differs from eager PyTorch by up to {diff:.3g} in the logits, "
+            f"more than atol {atol:g}; nothing was written (pass a larger atol / --atol if that is expected)"
+        )
+    atomic_write_bytes(target, serialised.data)
+    entry = _export_entry(target, fmt, serialised, diff=diff, atol=atol, batch_sizes=formats.BATCH_SIZES)
+    card_path = _write_sidecar(target, loaded.card, fmt, entry)
+    log.info("exported %s to %s (max abs diff %.3g)", fmt.value, target, diff)
+    return ExportResult(target, card_path, fmt, diff, atol, tuple(formats.BATCH_SIZES), dict(serialised.details))
+
+
+def _check_options(fmt: ExportFormat, *, opset: int | None, atol: float) -> None:
+    if opset is not None and fmt is not ExportFormat.ONNX:
+        raise ConfigError(f"opset {opset} applies to the onnx format only; drop --opset for --format {fmt.value}")
+    if opset is not None and not 7 <= opset <= 30:
+        raise ConfigError(f"opset must be an ONNX opset version between 7 and 30; got {opset}")
+    if not (isinstance(atol, (int, float)) and math.isfinite(atol) and atol >= 0):
+        raise ConfigError(f"atol must be a number >= 0; got {atol!r}")
+
+
+def _target_path(loaded: LoadedRun, fmt: ExportFormat, out: str | Path | None) -> Path:
+    """Where the export goes: ``out`` (a file, or a folder for ``model.<ext>``) or RUN/export."""
+    default_name = f"model{fmt.extensions[0]}"
+    if out is None:
+        return loaded.run.path / "export" / default_name
+    path = Path(out)
+    if path.is_dir() or str(out).endswith(("/", "\\")):
+        return path / default_name
+    if path.suffix.lower() not in fmt.extensions:
+        want = " or ".join(fmt.extensions)
+        raise ConfigError(
+            f"--out {out}: a {fmt.value} export is written to a {want} file; pass --out {path.with_suffix(fmt.extensions[0])}"
+        )
+    return path
+
+
+def _cpu_eval_model(model: nn.Module) -> nn.Module:
+    """The model on the CPU in eval mode; a copy when it lives elsewhere (the caller's stays put)."""
+    import copy
+
+    on_cpu = all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])
+    return (model if on_cpu else copy.deepcopy(model).cpu()).eval()
+
+
+def _export_entry(target: Path, fmt: ExportFormat, serialised: Any, *, diff: float, atol: float, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
+    import torch
+
+    from regraft._version import __version__
+
+    return {
+        "file": target.name,
+        "format": fmt.value,
+        "sha256": hashlib.sha256(serialised.data).hexdigest(),
+        "max_abs_diff": diff,
+        "atol": atol,
+        "checked_batch_sizes": list(batch_sizes),
+        **serialised.details,
+        "torch": torch.__version__,
+        "regraft": __version__,
+    }
+
+
+def _write_sidecar(target: Path, card: dict[str, Any], fmt: ExportFormat, entry: dict[str, Any]) -> Path:
+    """Write ``<stem>.json``: the run's card plus ``exports``; entries for the same model are kept."""
+    path = sidecar_path(target)
+    base = {k: v for k, v in card.items() if k != "exports"}
+    exports: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        # another run's card in the same place is replaced, not merged
+        if isinstance(old, dict) and {k: v for k, v in old.items() if k != "exports"} == base:
+            exports = dict(old.get("exports") or {})
+    exports[fmt.value] = entry
+    return atomic_write_text(path, json.dumps({**base, "exports": exports}, indent=2) + "\n")

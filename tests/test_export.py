@@ -1,0 +1,273 @@
+"""regraft.export: each format round-trips, ONNX predicts like the run, failures are refused clearly.
+
+Runs are built without training: a zoo model with a grafted head, its model.json from
+``_pipeline.model_card`` and its weights from ``RunDir.save_weights``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from regraft.errors import ConfigError, ExportError, MissingDependencyError
+from regraft.export import ExportResult, export, predict_onnx
+from regraft.runs import RunDir, load_run
+from tests.imagegen import class_colour, make_image
+
+pytest.importorskip("onnxruntime")
+
+CLASSES = ["blue", "green", "red"]
+
+
+def make_run(path: Path, *, model: str, classes: list[str], size: int, interpolation: str = "bicubic") -> Path:
+    """A finished-looking run folder: model.json and model.safetensors, no training."""
+    from regraft import surgery, zoo
+    from regraft._pipeline import model_card
+    from regraft.config import Config
+
+    torch.manual_seed(0)
+    ref = zoo.resolve(model)
+    net = zoo.build(ref)
+    head = surgery.replace_head(net, len(classes))
+    with torch.no_grad():  # spread the logits so that top-1 is never a near tie
+        net.get_submodule(head).weight.mul_(20)
+    dcfg = zoo.DataConfig(input_size=(3, size, size), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation=interpolation, crop_pct=0.875)
+    cfg = Config(model=model, data=str(path.parent / "data"), weights="none")
+    run = RunDir(path)
+    run.path.mkdir(parents=True)
+    run.write_json("model.json", model_card(cfg, ref=ref, head=head, classes=classes, data_config=dcfg, strategy="full"))
+    run.save_weights(net.eval())
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run") / "run", model="timm:test_resnet", classes=CLASSES, size=32)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Square, portrait, landscape and grayscale images: every resize/crop path is taken."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(CLASSES * 2):
+        make_image(class_colour(name), 40 + 4 * i, rng).save(folder / f"{i}_{name}.png")
+    make_image(class_colour("red"), 60, rng).crop((0, 0, 44, 60)).save(folder / "portrait.png")
+    make_image(class_colour("blue"), 60, rng).crop((0, 0, 60, 37)).save(folder / "landscape.png")
+    make_image(class_colour("green"), 36, rng).convert("L").save(folder / "gray.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def batch(run_dir: Path, images: Path) -> torch.Tensor:
+    from regraft.data.imageio import load_image
+
+    transform = load_run(run_dir).transform()
+    return torch.stack([transform(load_image(p)) for p in sorted(images.iterdir())])
+
+
+@pytest.fixture(scope="module")
+def onnx_result(run_dir: Path) -> ExportResult:
+    return export(run_dir, format="onnx")
+
+
+def _eager(run_dir: Path, batch: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return load_run(run_dir).model(batch).numpy()
+
+
+def test_onnx_export_has_dynamic_batch_and_matches_eager_on_images(run_dir, batch, onnx_result):
+    import onnx
+    import onnxruntime as ort
+
+    assert onnx_result.path == run_dir / "export" / "model.onnx" and onnx_result.path.is_file()
+    assert onnx_result.max_abs_diff < 1e-4 and onnx_result.batch_sizes == (2, 3)
+    dim0 = onnx.load(str(onnx_result.path)).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param and not dim0.dim_value
+    session = ort.InferenceSession(str(onnx_result.path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]
+    want = _eager(run_dir, batch)
+    assert (got.argmax(1) == want.argmax(1)).all()
+    assert np.abs(got - want).max() < 1e-4
+    card = json.loads(onnx_result.model_json.read_text())
+    assert onnx_result.model_json == run_dir / "export" / "model.json"
+    assert card["classes"] == CLASSES and card["preprocessing"]["input_size"] == [3, 32, 32]
+    assert card["preprocessing"]["interpolation"] == "bicubic" and card["preprocessing"]["crop_pct"] == 0.875
+    entry = card["exports"]["onnx"]
+    assert entry["file"] == "model.onnx" and entry["format"] == "onnx" and entry["input"] == "input"
+
+
+def _load_torch_export(fmt: str, path: Path, run_dir: Path):
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))
+    if fmt == "exported":
+        return torch.export.load(str(path)).module()
+    from safetensors.torch import load_file
+
+    from regraft.runs import build_model_from_card
+
+    model = build_model_from_card(json.loads((path.parent / "model.json").read_text()))
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model.eval()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize(("fmt", "ext"), [("torchscript", ".pt"), ("exported", ".pt2"), ("safetensors", ".safetensors")])
+def test_torch_formats_round_trip_with_same_top1(fmt, ext, run_dir, batch, tmp_path):
+    result = export(run_dir, format=fmt, out=tmp_path / f"clf{ext}")
+    assert result.path == tmp_path / f"clf{ext}" and result.model_json == tmp_path / "clf.json"
+    assert result.max_abs_diff < 1e-4
+    (tmp_path / "model.json").write_text(result.model_json.read_text())  # what safetensors rebuilds from
+    loaded = _load_torch_export(fmt, result.path, run_dir)
+    with torch.no_grad():
+        got = loaded(batch).numpy()
+        got3 = loaded(batch[:3]).numpy()  # another batch size than the one exported with
+    want = _eager(run_dir, batch)
+    assert (got.argmax(1) == want.argmax(1)).all()
+    assert np.abs(got - want).max() < 1e-4 and np.abs(got3 - want[:3]).max() < 1e-4
+    assert json.loads(result.model_json.read_text())["exports"][fmt]["file"] == f"clf{ext}"
+
+
+def test_predict_onnx_matches_predict_from_the_run(run_dir, images, onnx_result):
+    from regraft.inference import predict
+
+    from_run = predict(run_dir, [images], topk=3, device="cpu")
+    from_onnx = predict_onnx(onnx_result.path, [images], topk=3)
+    _assert_same_predictions(from_onnx, from_run)
+
+
+def _assert_same_predictions(got: list[dict], want: list[dict]) -> None:
+    assert [r["path"] for r in got] == [r["path"] for r in want] and len(want) == 9
+    for g, w in zip(got, want, strict=True):
+        assert [t["class"] for t in g["top"]] == [t["class"] for t in w["top"]], g["path"]
+        assert np.allclose([t["prob"] for t in g["top"]], [t["prob"] for t in w["top"]], rtol=0, atol=1e-4), g["path"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "regraft", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_export_then_predict_from_onnx_matches_predict_from_run(run_dir, images, tmp_path):
+    out = tmp_path / "deploy" / "clf.onnx"
+    done = _cli("export", str(run_dir), "--format", "onnx", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out}" in done.stdout and f"wrote {out.with_suffix('.json')}" in done.stdout
+    assert "max abs diff vs eager PyTorch:" in done.stdout
+    from_onnx = _cli("predict", str(out), str(images), "--topk", "3", "--json")
+    from_run = _cli("predict", str(run_dir), str(images), "--topk", "3", "--json", "--device", "cpu")
+    assert from_onnx.returncode == 0 and from_run.returncode == 0, from_onnx.stderr + from_run.stderr
+    _assert_same_predictions(json.loads(from_onnx.stdout), json.loads(from_run.stdout))
+
+
+def test_exports_of_one_run_share_model_json_and_another_run_replaces_it(run_dir, tmp_path):
+    export(run_dir, format="torchscript", out=tmp_path)
+    export(load_run(run_dir), format="safetensors", out=f"{tmp_path}/")
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert set(card["exports"]) == {"torchscript", "safetensors"}
+    assert {k: v for k, v in card.items() if k != "exports"} == json.loads((run_dir / "model.json").read_text())
+    other = make_run(tmp_path / "other", model="timm:test_resnet", classes=["a", "b"], size=32)
+    export(other, format="safetensors", out=tmp_path)
+    card = json.loads((tmp_path / "model.json").read_text())
+    assert card["classes"] == ["a", "b"] and set(card["exports"]) == {"safetensors"}
+
+
+def test_safetensors_export_carries_the_card_in_its_metadata(run_dir, tmp_path):
+    from safetensors import safe_open
+
+    result = export(run_dir, format="safetensors", out=tmp_path / "w.safetensors")
+    with safe_open(str(result.path), framework="pt") as fh:
+        card = json.loads(fh.metadata()["regraft_card"])
+    assert card["classes"] == CLASSES and card["architecture"]["name"] == "test_resnet"
+
+
+def test_run_weights_load_into_plain_timm_and_torchvision_builders(run_dir, tmp_path, batch):
+    import timm
+    import torchvision
+    from safetensors.torch import load_file
+
+    plain = timm.create_model("test_resnet", num_classes=len(CLASSES))
+    plain.load_state_dict(load_file(str(run_dir / "model.safetensors")), strict=True)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(batch), load_run(run_dir).model(batch))
+    tv_run = make_run(tmp_path / "tv", model="torchvision:resnet18", classes=["a", "b", "c", "d"], size=32, interpolation="bilinear")
+    tv = torchvision.models.get_model("resnet18", weights=None, num_classes=4)
+    tv.load_state_dict(load_file(str(tv_run / "model.safetensors")), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(tv.eval()(x), load_run(tv_run).model(x))
+
+
+def test_missing_onnxruntime_names_the_extra(run_dir, onnx_result, images, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(MissingDependencyError, match=r"needs the onnxruntime package.*pip install 'regraft\[export\]'"):
+        export(run_dir, format="onnx", out=tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(MissingDependencyError, match=r"pip install 'regraft\[export\]'"):
+        predict_onnx(onnx_result.path, [images])
+
+
+def test_export_above_tolerance_is_refused_and_nothing_written(run_dir, monkeypatch, tmp_path):
+    from regraft import _export_formats
+
+    real = _export_formats.reload
+    monkeypatch.setattr(_export_formats, "reload", lambda fmt, data, *, model: (lambda x: real(fmt, data, model=model)(x) + 0.5))
+    with pytest.raises(ExportError, match=r"differs from eager PyTorch by up to 0\.5.*more than atol 0\.001; nothing was written"):
+        export(run_dir, format="torchscript", out=tmp_path / "m.pt")
+    assert not any(tmp_path.iterdir())
+    assert export(run_dir, format="torchscript", out=tmp_path / "m.pt", atol=1.0).max_abs_diff == pytest.approx(0.5)
+
+
+def test_export_whose_batch_axis_is_frozen_is_refused(run_dir, monkeypatch, tmp_path):
+    from regraft import _export_formats
+
+    monkeypatch.setattr(_export_formats, "reload", lambda fmt, data, *, model: (lambda x: model(x[:2])))
+    with pytest.raises(ExportError, match=r"shape \(2, 3\) for a batch of 3.*batch axis is not dynamic"):
+        export(run_dir, format="exported", out=tmp_path / "m.pt2")
+
+
+def test_bad_options_say_what_is_expected(run_dir, tmp_path):
+    with pytest.raises(ConfigError, match="format must be one of onnx, torchscript, exported, safetensors; got 'tflite'"):
+        export(run_dir, format="tflite")
+    with pytest.raises(ConfigError, match=r"torchscript export is written to a \.pt or \.ts or \.torchscript file; pass --out .*m\.pt"):
+        export(run_dir, format="torchscript", out=tmp_path / "m.bin")
+    with pytest.raises(ConfigError, match="opset 17 applies to the onnx format only"):
+        export(run_dir, format="safetensors", opset=17)
+    with pytest.raises(ConfigError, match=r"atol must be a number >= 0; got -1"):
+        export(run_dir, format="safetensors", atol=-1)
+
+
+def test_onnx_without_its_model_json_says_how_to_fix(onnx_result, images, tmp_path):
+    lonely = tmp_path / "clf.onnx"
+    shutil.copy(onnx_result.path, lonely)
+    with pytest.raises(ExportError, match=r"no clf\.json beside .*clf\.onnx.*regraft export RUN --format onnx"):
+        predict_onnx(lonely, [images])
+
+
+def test_onnx_preprocessing_crops_like_torchvision():
+    from regraft._export_runtime import _crop_box, _resized
+
+    assert _resized((300, 200), 256) == (384, 256)  # landscape: height to 256
+    assert _resized((200, 301), 256) == (256, 385)  # torchvision truncates the long side
+    assert _resized((50, 50), (20, 30)) == (30, 20)  # non-square inputs resize exactly
+    assert _crop_box((37, 40), (32, 32)) == (2, 4, 34, 36)  # round((37 - 32) / 2) = 2 (banker's)
+    assert Image.new("RGB", (30, 30)).crop(_crop_box((30, 30), (33, 33))).size == (33, 33)
+
+
+def test_predict_onnx_runs_without_importing_torch(onnx_result, images):
+    code = (
+        "import json, sys\n"
+        "from regraft.export import predict_onnx\n"
+        f"results = predict_onnx({str(onnx_result.path)!r}, [{str(images)!r}], topk=1)\n"
+        "print(json.dumps({'n': len(results), 'torch': 'torch' in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"n": 9, "torch": False}

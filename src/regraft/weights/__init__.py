@@ -128,10 +128,12 @@ def load_weights(
         tensors, resolved, container = {}, "no weights", None
     else:
         tensors, resolved, container = _read(source, trust_checkpoint=trust_checkpoint, arch=ref, sha256=sha256)
-    shapes = {k: tuple(v.shape) for k, v in target.state_dict().items()}
+    state = target.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
     matched = match_state_dict(
         tensors, shapes, head=head_path, rules=rules, skip=globs,
         first_conv=_first_conv(target, shapes), adapt_first_conv=adapt_first_conv,
+        counters={k for k, v in state.items() if not v.is_floating_point()},
     )
     if matched.assign:
         with torch.no_grad():

@@ -84,14 +84,19 @@ def _prefixes(keys: list[str], depth: int) -> list[str]:
     return [p for p, _ in counts.most_common(12)]
 
 
-def _best_prefix_change(names: list[str], model_keys: set[str]) -> tuple[str, str]:
-    """The (strip, add) prefix pair that puts the most checkpoint names onto model keys."""
+def _best_prefix_change(names: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]]) -> tuple[str, str]:
+    """The (strip, add) prefix pair that puts the most checkpoint tensors onto model keys of their shape."""
     def score(strip: str, add: str) -> int:
-        return sum(1 for n in names if n.startswith(strip) and add + n[len(strip) :] in model_keys)
+        return sum(
+            1 for n, shape in names.items()
+            if n.startswith(strip) and shapes.get(add + n[len(strip) :]) == shape
+        )
 
     best, best_score = ("", ""), score("", "")
-    for strip in ["", *_prefixes(names, 3)]:
-        for add in ["", *_prefixes(list(model_keys), 2)]:
+    # only prefixes most keys share: a wrapper, not a rename of one layer (that is --rename's job)
+    shared = [p for p in _prefixes(list(names), 3) if 2 * sum(n.startswith(p) for n in names) >= len(names)]
+    for strip in ["", *shared]:
+        for add in ["", *_prefixes(list(shapes), 2)]:
             if strip == add:
                 continue
             s = score(strip, add)
@@ -100,11 +105,12 @@ def _best_prefix_change(names: list[str], model_keys: set[str]) -> tuple[str, st
     return best
 
 
-def _pair_by_name(ckpt: dict[str, torch.Tensor], model_keys: set[str], rules: list[RenameRule], out: Matched) -> list[_Pair]:
+def _pair_by_name(ckpt: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], rules: list[RenameRule], out: Matched) -> list[_Pair]:
+    model_keys = set(shapes)
     stripped = {k: strip_wrappers(k) for k in ckpt}
     removed = sorted({k[: len(k) - len(s)] for k, s in stripped.items() if s != k and k.endswith(s)} - {""})
     out.prefixes += [f"removed wrapper prefix '{p}'" for p in removed]
-    strip, add = _best_prefix_change(list(stripped.values()), model_keys)
+    strip, add = _best_prefix_change({s: tuple(ckpt[k].shape) for k, s in stripped.items()}, shapes)
     if strip:
         out.prefixes.append(f"removed prefix '{strip}'")
     if add:
@@ -138,30 +144,34 @@ def _pair_by_name(ckpt: dict[str, torch.Tensor], model_keys: set[str], rules: li
 
 def _pair_by_position(
     ckpt: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], pairs: list[_Pair], *,
-    head: str | None, fits, out: Matched,
+    head: str | None, counters: set[str], fits, out: Matched,
 ) -> list[_Pair]:
-    """Pair what is left in order, when the trunk's shape sequence lines up exactly."""
+    """Pair what is left in order, where one window of the checkpoint lines up with the trunk."""
     paired, taken = {p.ckpt for p in pairs}, {p.target for p in pairs}
-    left = [k for k in ckpt if k not in paired and not _is_nbt(k)]
-    trunk = [k for k in shapes if k not in taken and not _is_nbt(k) and not _under(k, head)]
-    heads = [k for k in shapes if k not in taken and not _is_nbt(k) and _under(k, head)]
+    # integer tensors (BatchNorm counters, index tables) hold nothing learned: not in the sequence
+    left = [k for k in ckpt if k not in paired and ckpt[k].is_floating_point()]
+    free = [k for k in shapes if k not in taken and k not in counters]
+    trunk = [k for k in free if not _under(k, head)]
+    heads = [k for k in free if _under(k, head)]
     if not left or not (trunk or heads):
         return []
-    n = len(trunk)
-    if len(left) < n or not all(fits(c, m) for c, m in zip(left, trunk)):
+    start = _window(left, trunk, fits)
+    if start is None:
         out.notes.append(
             f"{len(left)} checkpoint tensors match no model key by name and their shapes do not line up "
-            f"with the model's {n} unmatched trunk tensors, so none was matched by position"
+            f"with the model's {len(trunk)} unmatched trunk tensors in one way only, so none was matched by position"
         )
         return []
-    new = [_Pair(c, m, "position") for c, m in zip(left, trunk)]
-    tail = left[n:]
-    in_file = [k for k in ckpt if not _is_nbt(k)]
+    n = len(trunk) if trunk else max(0, len(left) - len(heads))
+    start = start if trunk else n
+    new = [_Pair(c, m, "position") for c, m in zip(left[start : start + len(trunk)], trunk, strict=True)]
+    tail = left[start + len(trunk) :] if trunk else left[n:]
+    in_file = [k for k in ckpt if ckpt[k].is_floating_point()]
     # the leftover tail is taken for the checkpoint's classifier only when it ends the file
     if tail and len(tail) == len(heads) and tail == in_file[len(in_file) - len(tail) :] and all(
-        ckpt[c].dim() == len(shapes[m]) for c, m in zip(tail, heads)
+        ckpt[c].dim() == len(shapes[m]) for c, m in zip(tail, heads, strict=True)
     ):
-        new += [_Pair(c, m, "position") for c, m in zip(tail, heads)]
+        new += [_Pair(c, m, "position") for c, m in zip(tail, heads, strict=True)]
     for pair in list(new):  # BatchNorm counters follow their running_mean
         if pair.ckpt.endswith("running_mean") and pair.target.endswith("running_mean"):
             c, m = pair.ckpt[: -len("running_mean")] + _NBT, pair.target[: -len("running_mean")] + _NBT
@@ -170,6 +180,19 @@ def _pair_by_position(
     if new:
         log.info("matched %d checkpoint tensors to the model by position (names differ, shapes line up)", len(new))
     return new
+
+
+def _window(left: list[str], trunk: list[str], fits) -> int | None:
+    """Where ``trunk`` lines up in ``left``: at the start, or at the one offset a long run fits."""
+    n = len(trunk)
+    if n == 0:
+        return 0
+    if len(left) >= n and all(fits(c, m) for c, m in zip(left[:n], trunk, strict=True)):
+        return 0
+    if n < 4:  # a short run could line up by chance anywhere
+        return None
+    starts = [o for o in range(1, len(left) - n + 1) if all(fits(c, m) for c, m in zip(left[o : o + n], trunk, strict=True))]
+    return starts[0] if len(starts) == 1 else None
 
 
 def _adaptable(src: tuple[int, ...], want: tuple[int, ...]) -> bool:
@@ -232,7 +255,7 @@ def _skip_glob(names: tuple[str, ...], globs: list[str]) -> str | None:
 def match_state_dict(
     ckpt: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], *,
     head: str | None = None, rules: list[RenameRule] | None = None, skip: list[str] | None = None,
-    first_conv: str | None = None, adapt_first_conv: bool = True,
+    first_conv: str | None = None, adapt_first_conv: bool = True, counters: set[str] | None = None,
 ) -> Matched:
     """Decide which checkpoint tensor loads into which model key (see the module docstring).
 
@@ -244,6 +267,7 @@ def match_state_dict(
         skip: globs of checkpoint or model keys to leave out.
         first_conv: the model key of the first convolution's weight, which may be adapted.
         adapt_first_conv: allow that adaptation.
+        counters: model keys of integer buffers (BatchNorm counters), left out of position matching.
 
     Returns:
         The decisions; ``assign`` maps model keys to the tensors to load.
@@ -253,8 +277,9 @@ def match_state_dict(
         have = tuple(ckpt[c].shape)
         return have == shapes[m] or (adapt_first_conv and m == first_conv and _adaptable(have, shapes[m]))
 
-    pairs = _pair_by_name(ckpt, set(shapes), rules or [], out)
-    pairs += _pair_by_position(ckpt, shapes, pairs, head=head, fits=fits, out=out)
+    pairs = _pair_by_name(ckpt, shapes, rules or [], out)
+    counters = set(counters or ())
+    pairs += _pair_by_position(ckpt, shapes, pairs, head=head, counters=counters, fits=fits, out=out)
     globs = list(skip or [])
     kept = []
     for pair in pairs:

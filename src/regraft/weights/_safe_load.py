@@ -13,6 +13,7 @@ import logging
 import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ def read_file(path: Path, *, trust_checkpoint: bool = False) -> Any:
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
             raise WeightsError(f"{path}: not a readable checkpoint ({_first_line(exc)}); expected a .pth/.pt/.bin/.ckpt/.safetensors file") from exc
+        if not trust_checkpoint and not _looks_like_pickle(path):
+            raise WeightsError(f"{path}: not a readable checkpoint (neither torch's format, a pickle nor safetensors); expected a .pth/.pt/.bin/.ckpt/.safetensors file") from None
         if not trust_checkpoint:
             raise UnsafeCheckpointError(
                 f"{path}: refused to unpickle {_unsafe_object(exc)}, which can run code when loaded; "
@@ -69,9 +72,18 @@ def read_file(path: Path, *, trust_checkpoint: bool = False) -> Any:
 
 
 def _torch_load(path: Path, *, weights_only: bool) -> Any:
+    # torch's zip format can be memory-mapped: a large file is not held twice while it loads
+    mmap = zipfile.is_zipfile(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # protocol and FutureWarnings say nothing the user can act on
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    """torch's zip format, or a binary pickle (protocol 2+ starts with the PROTO opcode)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    return head.startswith((b"PK\x03\x04", b"\x80"))
 
 
 def _looks_like_safetensors(path: Path) -> bool:

@@ -271,3 +271,18 @@ def test_predict_onnx_runs_without_importing_torch(onnx_result, images):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"n": 9, "torch": False}
+
+
+def test_onnx_falls_back_to_the_torchscript_exporter_when_capture_fails(run_dir, batch, monkeypatch, tmp_path, caplog):
+    real = torch.onnx.export
+
+    def no_capture(*args, **kwargs):
+        if kwargs.get("dynamo"):
+            raise RuntimeError("data-dependent control flow")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_capture)
+    result = export(run_dir, format="onnx", out=tmp_path / "m.onnx")
+    assert result.details["exporter"] == "torchscript" and result.max_abs_diff < 1e-4
+    assert "falling back to the TorchScript-based one" in caplog.text
+    assert json.loads(result.model_json.read_text())["exports"]["onnx"]["exporter"] == "torchscript"

@@ -1,0 +1,161 @@
+"""DataLoaders whose order and augmentation depend only on ``(seed, epoch)``.
+
+:func:`make_loader` wraps the batch sampler so that each index travels with its own
+augmentation seed (see :func:`regraft.data.dataset.sample_seed`): the same epoch gives the same
+batches and the same crops with 0 or 8 workers, persistent or not, and after a resume.
+
+Example:
+    >>> loader = make_loader(train_ds, batch_size=32, shuffle=True, seed=0)   # doctest: +SKIP
+    >>> loader.batch_sampler.set_epoch(3)                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from regraft.data._system import cpu_count
+from regraft.data.dataset import ImageDataset, sample_seed
+from regraft.data.transforms import ImageTransform
+
+__all__ = ["make_loader", "EpochBatches", "default_workers"]
+
+
+def default_workers(n_items: int, *, batch_size: int) -> int:
+    """DataLoader workers for this machine: none on 2 CPUs or tiny data, else one per spare CPU (≤ 8).
+
+    Under ``torchrun``/``accelerate launch`` the CPUs are shared among the local processes.
+    """
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    cpus = cpu_count() // local
+    if cpus <= 2 or n_items < 4 * batch_size:
+        return 0
+    return min(8, cpus - 1)
+
+
+class EpochBatches:
+    """Batches of indices; a new permutation each epoch, depending only on ``(seed, epoch)``."""
+
+    def __init__(self, n: int, *, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, max(1, batch_size), shuffle, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
+class _SeededBatches:
+    """Wraps a batch sampler: yields ``(index, augmentation seed)`` pairs.
+
+    ``set_epoch`` is forwarded; without it, each pass over the loader counts as the next epoch.
+    """
+
+    def __init__(self, inner: Iterable[list[int]], seed: int) -> None:
+        self.inner, self.seed, self._next_epoch = inner, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self._next_epoch = int(epoch)
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self._next_epoch
+        self._next_epoch += 1
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+        for batch in self.inner:
+            yield [(int(i), sample_seed(self.seed, epoch, int(i))) for i in batch]
+
+
+class _CollatePresent:
+    """``default_collate`` of the items not dropped (None); an all-dropped batch is empty."""
+
+    def __init__(self, size: tuple[int, int] | None) -> None:
+        self.size = size
+
+    def __call__(self, batch: list[Any]) -> Any:
+        kept = [b for b in batch if b is not None]
+        if kept or self.size is None:
+            return default_collate(kept)
+        return torch.empty((0, 3, *self.size)), torch.empty(0, dtype=torch.long)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # numpy and random for user transforms; torch is seeded per sample
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    workers: int | None = None,
+    drop_last: bool = False,
+    batch_sampler: Iterable[list[int]] | None = None,
+    pin_memory: bool | None = None,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` with reproducible order and augmentation.
+
+    Args:
+        dataset: usually an :class:`ImageDataset` (any map-style dataset works).
+        batch_size, shuffle, drop_last: as in ``DataLoader`` (ignored with ``batch_sampler``).
+        seed: the order and the augmentation of epoch ``e`` depend only on ``(seed, e)``.
+        workers: worker processes (None = :func:`default_workers`).
+        batch_sampler: your own (e.g. a distributed sampler with ``set_epoch``), wrapped the same way.
+        pin_memory: None = when CUDA is available.
+        persistent_workers: None = whenever there are workers.
+        prefetch_factor: batches each worker prepares ahead (None = PyTorch's default).
+
+    Returns:
+        A ``DataLoader`` yielding ``(images float (B, 3, H, W), labels long (B,))``; its
+        ``batch_sampler.set_epoch(e)`` selects the epoch.
+    """
+    inner = batch_sampler or EpochBatches(len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)  # type: ignore[arg-type]
+    sampler: Iterable = _SeededBatches(inner, seed) if isinstance(dataset, ImageDataset) else inner
+    transform = getattr(dataset, "transform", None)
+    collate = _CollatePresent(transform.size if isinstance(transform, ImageTransform) else None)
+    n_workers = default_workers(len(dataset), batch_size=batch_size) if workers is None else max(0, workers)  # type: ignore[arg-type]
+    extra: dict[str, Any] = {}
+    if n_workers > 0:
+        extra["persistent_workers"] = True if persistent_workers is None else persistent_workers
+        extra["worker_init_fn"] = _seed_worker
+        if prefetch_factor is not None:
+            extra["prefetch_factor"] = prefetch_factor
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,  # type: ignore[arg-type]
+        num_workers=n_workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+        **extra,
+    )
+
+

@@ -1,0 +1,253 @@
+"""Preprocessing from the pretrained weights' data config, augmentation levels, mixup/cutmix.
+
+A transform runs in two stages so that the decode cache can hold the first one:
+
+1. **resize** (deterministic, Pillow): the image's shorter side to ``floor(size / crop_pct)``
+   (the evaluation resize of timm and torchvision; 256 for 224 at crop 0.875);
+2. **crop** (on the uint8 tensor): ``CenterCrop(size)`` for evaluation and ``augment="none"``;
+   ``light`` adds nothing else but replaces it by ``RandomResizedCrop(size)`` + horizontal flip;
+   ``strong`` adds ``TrivialAugmentWide``; then the weights' mean/std normalisation.
+
+Training crops are therefore taken from the image at the evaluation resize rather than at its
+full resolution; that is what lets later epochs skip decoding while augmentation still differs
+each epoch.
+
+Example:
+    >>> from regraft.zoo import DataConfig
+    >>> t = build_transforms(DataConfig(), train=False)
+    >>> t.size, t.resize.shorter
+    ((224, 224), 256)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from regraft.data.imageio import _RESAMPLE, ResizeSpec, decode_resized, read_image_bytes, to_rgb
+from regraft.errors import ConfigError
+
+__all__ = ["AUGMENTS", "ImageTransform", "build_transforms", "mixup_cutmix", "DataConfigLike"]
+
+AUGMENTS = ("none", "light", "strong")
+
+
+class DataConfigLike(Protocol):
+    """What :func:`build_transforms` reads from ``regraft.zoo.DataConfig``."""
+
+    input_size: tuple[int, int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_pct: float
+
+
+@dataclass(frozen=True, eq=False)
+class ImageTransform:
+    """PIL image -> normalised float tensor ``(3, H, W)``, split into cacheable stages.
+
+    ``pre`` (resize, deterministic) -> ``post`` (crop/augment, uint8) -> ``normalize``.
+    """
+
+    size: tuple[int, int]
+    resize: ResizeSpec
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    augment: str
+    train: bool
+    crop: Callable[[torch.Tensor], torch.Tensor]
+
+    def pre(self, img: Image.Image) -> np.ndarray:
+        """Resize an RGB PIL image per ``resize``: an ``(H, W, 3)`` uint8 array."""
+        img = to_rgb(img)
+        target = self.resize.target(*img.size)
+        if img.size != target:
+            img = img.resize(target, resample=_RESAMPLE[self.resize.interpolation])
+        return np.array(img, dtype=np.uint8)
+
+    def post(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Crop (and augment) an ``(H, W, 3)`` uint8 image: a ``(3, h, w)`` uint8 tensor."""
+        x = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels
+        return self.crop(x.permute(2, 0, 1))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(..., 3, H, W)`` -> float32 ``(x / 255 - mean) / std``, as one multiply-add.
+
+        Per image (in the DataLoader workers) rather than per batch: an image's floats fit in
+        the CPU cache, a batch's do not, which makes this several times faster.
+        """
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
+        offset = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)]).view(3, 1, 1)
+        return x.to(torch.float32, copy=True).mul_(scale).add_(offset)
+
+    def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
+        pixels = img if isinstance(img, np.ndarray) else self.pre(img)
+        return self.normalize(self.post(pixels))
+
+    def load(self, path: str) -> torch.Tensor:
+        """Decode a file the way the data loaders do (JPEG draft decoding included) and transform it."""
+        pixels = decode_resized(read_image_bytes(path), name=str(path), resize=self.resize)
+        return self.normalize(self.post(pixels))
+
+    def describe(self) -> dict[str, Any]:
+        """The preprocessing as plain values (for ``model.json`` and logs)."""
+        return {
+            "input_size": [3, *self.size],
+            "resize": self.resize.shorter if self.resize.shorter is not None else list(self.resize.exact),
+            "interpolation": self.resize.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "augment": self.augment if self.train else "none",
+        }
+
+
+def build_transforms(
+    data_config: DataConfigLike,
+    *,
+    train: bool,
+    augment: str = "light",
+    img_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+) -> ImageTransform:
+    """The transform for training (``train=True``, per ``augment``) or evaluation.
+
+    Args:
+        data_config: the pretrained weights' preprocessing (``regraft.zoo.data_config``).
+        train: training (random crops per ``augment``) or evaluation (resize + center crop).
+        augment: ``none`` (the evaluation transform), ``light`` or ``strong``.
+        img_size, mean, std, interpolation, crop_pct: overrides (None keeps the config's).
+
+    Returns:
+        An :class:`ImageTransform`.
+
+    Raises:
+        ConfigError: an unknown augment level or interpolation, or out-of-range values.
+    """
+    if augment not in AUGMENTS:
+        raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}; got '{augment}'")
+    _, h, w = data_config.input_size
+    h, w = (int(img_size), int(img_size)) if img_size is not None else (int(h), int(w))
+    mean_t = _triple(mean if mean is not None else data_config.mean, "mean")
+    std_t = _triple(std if std is not None else data_config.std, "std")
+    if min(std_t) <= 0:
+        raise ConfigError(f"std values must be positive; got {list(std_t)}")
+    interp = interpolation or data_config.interpolation
+    interp = "bilinear" if interp == "random" else interp  # timm's train-time random choice
+    pct = float(crop_pct if crop_pct is not None else data_config.crop_pct)
+    if not 0.0 < pct <= 1.0:
+        raise ConfigError(f"crop_pct must be in (0, 1]; got {pct}")
+    if h == w:
+        resize = ResizeSpec(shorter=int(h / pct), interpolation=interp)
+    else:
+        resize = ResizeSpec(exact=(int(h / pct), int(w / pct)), interpolation=interp)
+    level = augment if train else "none"
+    return ImageTransform((h, w), resize, mean_t, std_t, augment, train, _crop_stage((h, w), interp, level))
+
+
+def _crop_stage(size: tuple[int, int], interp: str, level: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if level == "none":
+        return _CenterCrop(size)
+    crop = _RandomResizedCropFlip(size, interp)
+    if level == "strong":
+        return v2.Compose([crop, v2.TrivialAugmentWide(interpolation=v2.InterpolationMode(interp))])
+    return crop
+
+
+class _CenterCrop:
+    """``CenterCrop(size)`` on a ``(3, H, W)`` tensor (a view when the image is large enough)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return v2.functional.center_crop(img, list(self.size))
+
+    def __repr__(self) -> str:
+        return f"CenterCrop(size={self.size})"
+
+
+class _RandomResizedCropFlip:
+    """``RandomResizedCrop(size)`` then a horizontal flip with probability 1/2, in one step.
+
+    The same distribution as torchvision's ``RandomResizedCrop`` (area scale 0.08-1, aspect
+    ratio 3/4-4/3 log-uniform, ten tries, then a centre crop clamped to the ratio range), drawn
+    from torch's global generator; calling the kernel directly avoids the per-call overhead of
+    the composed v2 transforms, which costs as much as the resize on small images.
+    """
+
+    def __init__(self, size: tuple[int, int], interp: str, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> None:
+        self.size, self.interp, self.scale, self.ratio = size, interp, scale, ratio
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        _, height, width = img.shape
+        top, left, h, w = self.params(height, width)
+        out = v2.functional.resized_crop(
+            img, top, left, h, w, list(self.size), interpolation=v2.InterpolationMode(self.interp), antialias=True
+        )
+        return out.flip(-1) if float(torch.rand(())) < 0.5 else out
+
+    def params(self, height: int, width: int) -> tuple[int, int, int, int]:
+        area = height * width
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            draws = torch.rand(2).tolist()
+            target = area * (self.scale[0] + draws[0] * (self.scale[1] - self.scale[0]))
+            aspect = math.exp(log_lo + draws[1] * (log_hi - log_lo))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, ()))
+                left = int(torch.randint(0, width - w + 1, ()))
+                return top, left, h, w
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            h, w = height, int(round(height * self.ratio[1]))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __repr__(self) -> str:
+        return f"RandomResizedCrop(size={self.size}, interpolation={self.interp}) + RandomHorizontalFlip()"
+
+
+def _triple(values: Sequence[float], name: str) -> tuple[float, float, float]:
+    vals = tuple(float(v) for v in values)
+    if len(vals) != 3:
+        raise ConfigError(f"{name} needs 3 values (one per RGB channel); got {list(vals)}")
+    return vals  # type: ignore[return-value]
+
+
+def mixup_cutmix(
+    num_classes: int, *, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """A batch transform ``(images, labels) -> (images, soft labels)``, or None when both are off.
+
+    With both alphas positive each batch gets one of the two, chosen at random. Labels come back
+    as ``(B, num_classes)`` probabilities (``CrossEntropyLoss`` accepts them).
+
+    Raises:
+        ConfigError: a negative alpha.
+    """
+    for name, alpha in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)):
+        if alpha < 0:
+            raise ConfigError(f"{name} alpha must be 0 (off) or positive; got {alpha}")
+    parts: list[Callable] = []
+    if mixup_alpha > 0:
+        parts.append(v2.MixUp(alpha=float(mixup_alpha), num_classes=num_classes))
+    if cutmix_alpha > 0:
+        parts.append(v2.CutMix(alpha=float(cutmix_alpha), num_classes=num_classes))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else v2.RandomChoice(parts)

@@ -25,9 +25,7 @@ __all__ = ["OnnxClassifier", "load_onnx", "predict_onnx", "require", "sidecar_pa
 
 log = logging.getLogger(__name__)
 
-# What ``regraft predict`` treats as an image when it walks a folder (case-insensitive).
 _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def require(*modules: str, purpose: str) -> None:
@@ -215,12 +213,15 @@ def _load_rgb(path: Path) -> Any:
 
 
 def _expand_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Files and folders -> image files, as ``regraft.inference.expand_paths`` (which imports torch)."""
+    from regraft.data import IMAGE_EXTENSIONS
+
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             files += sorted(
                 f for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in _IMAGE_EXTENSIONS
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
                 and not any(part.startswith(".") for part in f.relative_to(p).parts)
             )
         elif p.is_file():

@@ -169,7 +169,10 @@ def test_cli_export_then_predict_from_onnx_matches_predict_from_run(run_dir, ima
 
 def test_exports_of_one_run_share_model_json_and_another_run_replaces_it(run_dir, tmp_path):
     export(run_dir, format="torchscript", out=tmp_path)
-    export(load_run(run_dir), format="safetensors", out=f"{tmp_path}/")
+    loaded = load_run(run_dir)
+    loaded.model.train()
+    export(loaded, format="safetensors", out=f"{tmp_path}/")
+    assert loaded.model.training  # exported in eval mode, the caller's mode given back
     card = json.loads((tmp_path / "model.json").read_text())
     assert set(card["exports"]) == {"torchscript", "safetensors"}
     assert {k: v for k, v in card.items() if k != "exports"} == json.loads((run_dir / "model.json").read_text())

@@ -23,6 +23,8 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -139,12 +141,12 @@ def export(
 
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device="cpu")
     target = _target_path(loaded, fmt, out)
-    model = _cpu_eval_model(loaded.model)
     input_size = tuple(int(v) for v in loaded.card["preprocessing"]["input_size"])
     example = torch.randn(formats.BATCH_SIZES[0], *input_size, generator=torch.Generator().manual_seed(1))
-    serialised = formats.serialise(model, fmt.value, example=example, opset=opset, card=loaded.card)
-    runner = formats.reload(fmt.value, serialised.data, model=model)
-    diff = formats.max_abs_diff(model, runner, fmt=fmt.value, input_size=input_size)
+    with _eval_on_cpu(loaded.model) as model:
+        serialised = formats.serialise(model, fmt.value, example=example, opset=opset, card=loaded.card)
+        runner = formats.reload(fmt.value, serialised.data, model=model)
+        diff = formats.max_abs_diff(model, runner, fmt=fmt.value, input_size=input_size)
     if not diff <= atol:
         raise ExportError(
             f"the {fmt.value} export differs from eager PyTorch by up to {diff:.3g} in the logits, "
@@ -182,12 +184,18 @@ def _target_path(loaded: LoadedRun, fmt: ExportFormat, out: str | Path | None) -
     return path
 
 
-def _cpu_eval_model(model: nn.Module) -> nn.Module:
-    """The model on the CPU in eval mode; a copy when it lives elsewhere (the caller's stays put)."""
+@contextmanager
+def _eval_on_cpu(model: nn.Module) -> Iterator[nn.Module]:
+    """The model on the CPU in eval mode: a copy when it lives elsewhere; the caller's mode is restored."""
     import copy
 
     on_cpu = all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])
-    return (model if on_cpu else copy.deepcopy(model).cpu()).eval()
+    target = model if on_cpu else copy.deepcopy(model).cpu()
+    was_training = target.training
+    try:
+        yield target.eval()
+    finally:
+        target.train(was_training)
 
 
 def _export_entry(target: Path, fmt: ExportFormat, serialised: Any, *, diff: float, atol: float, batch_sizes: tuple[int, ...]) -> dict[str, Any]:

@@ -380,6 +380,9 @@ def test_position_window_skips_extra_leading_tensors_and_absent_counters(source)
     assert report.unexpected == ["normalize.mean"]
     assert set(report.skipped) == {"out.weight", "out.bias"}  # the old 4-class head
     assert set(report.missing) == {"fc.weight", "fc.bias"}  # no num_batches_tracked noise
+    model.fc = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 9))
+    report = load_weights(model, foreign, head="fc")
+    assert report.coverage == 1.0 and "head was replaced" in report.skipped["out.weight"]
 
 
 def test_position_matching_refused_when_shapes_do_not_line_up(source):

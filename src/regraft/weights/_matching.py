@@ -168,10 +168,14 @@ def _pair_by_position(
     tail = left[start + len(trunk) :] if trunk else left[n:]
     in_file = [k for k in ckpt if ckpt[k].is_floating_point()]
     # the leftover tail is taken for the checkpoint's classifier only when it ends the file
-    if tail and len(tail) == len(heads) and tail == in_file[len(in_file) - len(tail) :] and all(
+    ends_file = bool(tail) and tail == in_file[len(in_file) - len(tail) :]
+    if ends_file and len(tail) == len(heads) and all(
         ckpt[c].dim() == len(shapes[m]) for c, m in zip(tail, heads, strict=True)
     ):
         new += [_Pair(c, m, "position") for c, m in zip(tail, heads, strict=True)]
+    elif ends_file and trunk and heads:
+        for key in tail:  # what follows a whole trunk is the checkpoint's classifier
+            out.skipped[key] = "old head: the model's head was replaced (after the trunk matched by position)"
     for pair in list(new):  # BatchNorm counters follow their running_mean
         if pair.ckpt.endswith("running_mean") and pair.target.endswith("running_mean"):
             c, m = pair.ckpt[: -len("running_mean")] + _NBT, pair.target[: -len("running_mean")] + _NBT
@@ -289,10 +293,15 @@ def match_state_dict(
         else:
             out.skipped[pair.ckpt] = f"--skip {glob}"
     _resolve_shapes(ckpt, shapes, kept, head=head, first_conv=first_conv, adapt=adapt_first_conv, out=out)
-    paired = {p.ckpt for p in pairs}
+    _sort_leftovers(ckpt, {p.ckpt for p in pairs}, globs=globs, head=head, out=out)
+    return out
+
+
+def _sort_leftovers(ckpt: dict[str, torch.Tensor], paired: set[str], *, globs: list[str], head: str | None, out: Matched) -> None:
+    """Checkpoint keys no step paired: skipped by a glob, an old head, an idle counter or unexpected."""
     ignored = 0
     for key in ckpt:
-        if key in paired:
+        if key in paired or key in out.skipped:
             continue
         glob = _skip_glob((key, out.names[key]), globs)
         if glob is not None:
@@ -305,4 +314,3 @@ def match_state_dict(
             out.unexpected.append(key)
     if ignored:
         out.notes.append(f"{ignored} BatchNorm num_batches_tracked counters in the checkpoint had no counterpart (they hold no weights)")
-    return out

@@ -204,8 +204,8 @@ def hub_file(repo: str, *, filename: str | None = None, revision: str | None = N
     for name in names:
         try:
             return Path(hf_hub_download(repo, name, revision=revision, cache_dir=cache, local_files_only=True))
-        except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
-            continue
+        except (LocalEntryNotFoundError, EntryNotFoundError, OSError, ValueError):
+            continue  # ValueError: the hub client rejects the repo name; the download below says so
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     fix = f"download it on a connected machine with `hf download {repo} {names[0]} --local-dir DIR`, then pass --weights DIR/{names[0]}"
     reason = _no_network_reason(endpoint)

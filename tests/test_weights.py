@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import json
 import pickle
+import socket
 import threading
 from pathlib import Path
 
@@ -273,7 +274,10 @@ def test_unreachable_url_without_cache_says_how_to_get_it(caches, monkeypatch):
     for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.delenv(var, raising=False)
     # a closed port on this machine: the probe fails at once instead of retrying
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(WeightsError, match=r"no cached copy of timm/test_resnet\.r160_in1k .* no network .*hf download timm/test_resnet\.r160_in1k"):
         load_weights(Tiny(), "timm/test_resnet.r160_in1k", head="fc")
 

@@ -132,6 +132,7 @@ def export(
     """
     fmt = ExportFormat.parse(format)
     _check_options(fmt, opset=opset, atol=atol)
+    target = _target_path(run.run.path if isinstance(run, LoadedRun) else Path(run), fmt, out)
     if fmt is ExportFormat.ONNX:
         require("onnx", "onnxruntime", "onnxscript", purpose="--format onnx")
     import torch
@@ -140,7 +141,6 @@ def export(
     from regraft.runs import load_run
 
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device="cpu")
-    target = _target_path(loaded, fmt, out)
     input_size = tuple(int(v) for v in loaded.card["preprocessing"]["input_size"])
     example = torch.randn(formats.BATCH_SIZES[0], *input_size, generator=torch.Generator().manual_seed(1))
     with _eval_on_cpu(loaded.model) as model:
@@ -168,11 +168,11 @@ def _check_options(fmt: ExportFormat, *, opset: int | None, atol: float) -> None
         raise ConfigError(f"atol must be a number >= 0; got {atol!r}")
 
 
-def _target_path(loaded: LoadedRun, fmt: ExportFormat, out: str | Path | None) -> Path:
+def _target_path(run_path: Path, fmt: ExportFormat, out: str | Path | None) -> Path:
     """Where the export goes: ``out`` (a file, or a folder for ``model.<ext>``) or RUN/export."""
     default_name = f"model{fmt.extensions[0]}"
     if out is None:
-        return loaded.run.path / "export" / default_name
+        return run_path / "export" / default_name
     path = Path(out)
     if path.is_dir() or str(out).endswith(("/", "\\")):
         return path / default_name

@@ -112,6 +112,9 @@ def _load_weights(cfg: Config, model: nn.Module, *, strategy: str, head: str, no
         trust_checkpoint=cfg.trust_checkpoint, sha256=cfg.sha256, head=head,
     )
     notify(f"weights: {cfg.weights} — trunk coverage {report.coverage:.1%}")
+    if report.coverage < cfg.min_coverage:  # show what did and didn't load before refusing
+        for line in report.format_lines():
+            notify(line)
     check_coverage(report, min_coverage=cfg.min_coverage)
     return report
 

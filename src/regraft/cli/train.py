@@ -46,6 +46,7 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--train", "train", dict(metavar="PATHS", help="comma-separated paths/globs that train; all else frozen (e.g. fc1,fc2,head)")),
     ("--freeze", "freeze", dict(metavar="PATHS", help="comma-separated paths/globs to freeze; all else trains")),
     ("--patience", "patience", dict(type=int, metavar="N", help="stop when validation loss has not improved for N epochs")),
+    ("--sha256", "sha256", dict(metavar="HEX", help="expected sha256 of a downloaded --weights file")),
     ("--min-coverage", "min_coverage", dict(type=float, metavar="F", help="refuse to train when less of the trunk loaded (default 0.9)")),
     ("--workers", "workers", dict(type=int, metavar="N", help="data-loading worker processes")),
     ("--cache-ram", "cache_ram", dict(metavar="SIZE", help="RAM budget for the decode and feature caches, e.g. 4G")),

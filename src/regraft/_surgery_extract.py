@@ -101,31 +101,30 @@ def _prefix(module: nn.Module, parts: list[str], order: dict[int, int]) -> nn.Se
 
 
 def _check_trunk(model: nn.Module, trunk: nn.Module, path: str, size: Sequence[int]) -> None:
+    """The trunk must give exactly what the module at ``path`` outputs inside the model."""
     captured: list[torch.Tensor] = []
-    module = lookup(model, path)
-    handle = module.register_forward_hook(  # type: ignore[union-attr]
+    handle = lookup(model, path).register_forward_hook(  # type: ignore[union-attr]
         lambda _m, _a, out: captured.append(out) if not captured and isinstance(out, torch.Tensor) else None
     )
     x = dummy_input(model, size)
+    where = f"cannot cut {type(model).__name__} at '{path}': its modules run in call order up to there"
+    fix = "cut at a stage boundary such as 'layer3' or 'features.16'"
     try:
         with _eval_no_grad(model), _eval_no_grad(trunk):
             model(x)
             got = trunk(x)
-    except Exception as exc:
-        reason = " ".join(str(exc).split())[:200]
-        raise SurgeryError(
-            f"cannot cut {type(model).__name__} at '{path}': its modules run in order up to there fail ({reason}); "
-            "cut at a stage boundary such as 'layer3' or 'features.16'"
-        ) from exc
+    except Exception as exc:  # the prefix does not even run
+        raise SurgeryError(f"{where} fail ({' '.join(str(exc).split())[:200]}); {fix}") from exc
     finally:
         handle.remove()
     want = captured[0] if captured else None
-    if want is None or not isinstance(got, torch.Tensor) or got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
+    if want is None or not isinstance(got, torch.Tensor):
+        raise SurgeryError(f"{where} give no tensor to compare with '{path}'; {fix}")
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
+        same = " (same shape, other values: the model's forward does more than call them in order)" if got.shape == want.shape else ""
         raise SurgeryError(
-            f"cannot cut {type(model).__name__} at '{path}': running its modules in order up to there gives "
-            f"{fmt_shape(tuple(got.shape)) if isinstance(got, torch.Tensor) else type(got).__name__}, not the "
-            f"{fmt_shape(tuple(want.shape)) if want is not None else '?'} that '{path}' outputs in the model; "
-            "cut at a stage boundary such as 'layer3' or 'features.16'"
+            f"{where} give {fmt_shape(tuple(got.shape))} where the model's '{path}' outputs "
+            f"{fmt_shape(tuple(want.shape))}{same}; {fix}"
         )
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from regraft._surgery_shapes import _expects, fmt_shape
 from regraft.errors import ShapeError, SurgeryError
 
-__all__ = ["build_module", "INFERRED"]
+__all__ = ["build_module", "INFERRED", "suggest"]
 
 # argument -> which dimension of the incoming tensor it takes
 INFERRED: dict[str, int] = {
@@ -27,6 +27,16 @@ INFERRED: dict[str, int] = {
     "normalized_shape": -1, "embed_dim": -1,
 }
 _NOT_LAYERS = {"Module", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict", "Container"}
+
+
+def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """``"did you mean 'X'? "`` for the closest choice (case, prefixes, then spelling), or ``""``."""
+    low = {c.lower(): c for c in choices}
+    word_low = str(word).lower()
+    close = [low[word_low]] if word_low in low else [c for c in choices if c.lower().startswith(word_low)]
+    close = close or difflib.get_close_matches(word_low, list(low), n=1, cutoff=0.6)
+    close = [low.get(c, c) for c in close]
+    return f"did you mean '{close[0]}'? " if close else ""
 
 
 def _layer_names() -> list[str]:
@@ -39,11 +49,8 @@ def _layer_names() -> list[str]:
 def _layer_class(name: Any) -> type[nn.Module]:
     names = _layer_names()
     if not isinstance(name, str) or name not in names:
-        close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.5)
-        close = close or [n for n in names if n.lower() == str(name).lower()]
-        hint = f"did you mean '{close[0]}'? " if close else ""
         raise SurgeryError(
-            f"unknown module type '{name}'; {hint}use a torch.nn layer name such as Linear, Conv2d, ReLU, Dropout, "
+            f"unknown module type '{name}'; {suggest(str(name), names)}use a torch.nn layer name such as Linear, Conv2d, ReLU, Dropout, "
             "BatchNorm1d, Flatten or Sequential"
         )
     return getattr(nn, name)
@@ -56,9 +63,7 @@ def _check_args(cls: type[nn.Module], kwargs: dict[str, Any], in_shape: tuple[in
     listing = ", ".join(names) or "none"
     for key in kwargs:
         if key not in names and not takes_any:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise SurgeryError(f"{cls.__name__} has no argument '{key}'; {hint}its arguments: {listing}")
+            raise SurgeryError(f"{cls.__name__} has no argument '{key}'; {suggest(key, names)}its arguments: {listing}")
     filled = dict(kwargs)
     for key, dim in INFERRED.items():
         if key in names and key not in filled and params[key].default is inspect.Parameter.empty:

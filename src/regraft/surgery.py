@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +36,7 @@ from regraft._surgery_head import HeadInit, find_head, replace_head
 from regraft._surgery_ops import delete, do_op, insert_after, insert_before, replace
 from regraft._surgery_paths import aliases, get, resolve_path
 from regraft._surgery_shapes import ModuleInfo, _check_input_size, describe, validate
+from regraft._surgery_specs import suggest
 from regraft.errors import SurgeryError
 
 __all__ = [
@@ -59,6 +59,11 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
 }
 
 
+# words people reach for -> the op that does it
+_SYNONYMS = {"remove": "delete", "del": "delete", "drop": "delete", "add": "insert_after", "append": "insert_after",
+             "insert": "insert_after", "head": "replace_head", "new_head": "replace_head", "truncate": "extract"}
+
+
 def _parse_op(index: int, raw: Any) -> tuple[str, dict[str, Any]]:
     """Check one recipe op against :data:`OPS`; one-line errors name the op's index and the fix."""
     names = ", ".join(OPS)
@@ -69,16 +74,13 @@ def _parse_op(index: int, raw: Any) -> tuple[str, dict[str, Any]]:
     if kind is None:
         raise SurgeryError(f"surgery op {index} has no 'op': add one of {names}")
     if kind not in OPS:
-        close = difflib.get_close_matches(str(kind), OPS, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = f"did you mean '{_SYNONYMS[kind]}'? " if kind in _SYNONYMS else suggest(str(kind), tuple(OPS))
         raise SurgeryError(f"surgery op {index}: unknown op '{kind}'; {hint}use one of {names}")
     required, optional, example = OPS[kind]
     for key in args:
         if key not in required + optional:
-            close = difflib.get_close_matches(key, required + optional, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
             raise SurgeryError(
-                f"surgery op {index} ({kind}): unknown key '{key}'; {hint}its keys: {', '.join(required + optional)}"
+                f"surgery op {index} ({kind}): unknown key '{key}'; {suggest(key, required + optional)}its keys: {', '.join(required + optional)}"
             )
     for key in required:
         if args.get(key) is None:

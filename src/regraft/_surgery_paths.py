@@ -62,7 +62,7 @@ def _missing(model: nn.Module, path: str, done: list[str], part: str, module: nn
     where = f"'{join_path(*done)}'" if done else "the model"
     children = list(module._modules)
     listing = ", ".join(children[:10]) + (", ..." if len(children) > 10 else "") if children else "none"
-    close = difflib.get_close_matches(part, [*children, *aliases(model)] if not done else children, n=1)
+    close = difflib.get_close_matches(part, children, n=1)
     hint = f"; did you mean '{join_path(*done, close[0])}'?" if close else ""
     return SurgeryError(
         f"no module '{path}' in {type(model).__name__}: '{part}' is not a child of {where} "
@@ -84,7 +84,7 @@ def resolve_path(model: nn.Module, path: str) -> str:
         SurgeryError: a component does not exist (the message lists the children there).
     """
     parts = split_path(path)
-    if parts and _child_key(model, parts[0]) is None:
+    if parts and _child_key(model, parts[0]) is None and re.fullmatch(r"head|fc\d+", parts[0]):
         table = aliases(model)
         if parts[0] in table:
             parts = [*split_path(table[parts[0]]), *parts[1:]]

@@ -274,7 +274,7 @@ def describe(model: nn.Module, *, input_size: Sequence[int], depth: int | None =
     named = [(p, m) for p, m in model.named_modules() if depth is None or len(split_path(p)) <= depth]
     shapes = probe(model, [p for p, _ in named], input_size=input_size)
     try:
-        head = find_head(model)
+        head = find_head(model, input_size=input_size)
     except SurgeryError:
         head = None
     rows = []

@@ -18,7 +18,14 @@ from torch import nn
 
 from regraft._surgery_diff import short
 from regraft._surgery_paths import lookup, resolve_path, split_path
-from regraft._surgery_shapes import _eval_no_grad, default_input_size, dummy_input, fmt_shape, model_device, validate
+from regraft._surgery_shapes import (
+    _eval_no_grad,
+    default_input_size,
+    dummy_input,
+    fmt_shape,
+    model_device,
+    validate,
+)
 from regraft._surgery_specs import build_module
 from regraft.errors import SurgeryError
 

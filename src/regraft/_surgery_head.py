@@ -46,7 +46,7 @@ _HEAD_MARK = "regraft_new_head"
 _LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
 
-class HeadInit(enum.StrEnum):
+class HeadInit(str, enum.Enum):  # enum.StrEnum needs Python 3.11; regraft supports 3.10
     """How a new head's weights start (biases start at zero except for ``default``)."""
 
     DEFAULT = "default"
@@ -54,10 +54,13 @@ class HeadInit(enum.StrEnum):
     KAIMING_NORMAL = "kaiming_normal"
     ZEROS = "zeros"
 
+    def __str__(self) -> str:
+        return self.value
+
     @classmethod
     def parse(cls, value: str | HeadInit) -> HeadInit:
         try:
-            return cls(str(value).lower().replace("-", "_"))
+            return value if isinstance(value, cls) else cls(str(value).lower().replace("-", "_"))
         except ValueError:
             choices = ", ".join(m.value for m in cls)
             raise SurgeryError(f"unknown head init '{value}'; use one of {choices}") from None

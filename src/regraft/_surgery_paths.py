@@ -9,6 +9,7 @@ of that name: a real child always wins.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from typing import Any
@@ -170,8 +171,6 @@ def aliases(model: nn.Module, *, ref: Any = None) -> dict[str, str]:
     if family(model, ref=ref) in _FC_ALIAS_FAMILIES and isinstance(model._modules.get("classifier"), nn.Sequential):
         linears = [k for k, m in model._modules["classifier"]._modules.items() if isinstance(m, nn.Linear)]
         table.update({f"fc{i}": f"classifier.{k}" for i, k in enumerate(linears, start=1)})
-    try:
+    with contextlib.suppress(SurgeryError):
         table["head"] = find_head(model, ref=ref)
-    except SurgeryError:
-        pass
     return {k: v for k, v in table.items() if k not in model._modules}

@@ -1,0 +1,294 @@
+"""Named fine-tuning strategies: what trains, at which learning rates, on which schedule.
+
+================  ==========================================  ====================================
+strategy          trains                                      learning rates
+================  ==========================================  ====================================
+``scratch``       everything                                  one LR for all
+``head``          the head only                               one LR
+``partial``       the last ``partial_stages`` stages + head   trunk ``lr``, head ``lr × head_lr_mult``
+                  (VGG: fc1 and fc2 count as one stage)
+``full``          everything                                  trunk ``lr``, head ``lr × head_lr_mult``
+``lp-ft``         everything, after a head-only probe         as full, discriminative (0.1) by default
+``gradual``       head, then one more stage from the top at   as full; each unfrozen stage warms
+                  evenly spaced epochs, last step everything  up over one epoch
+================  ==========================================  ====================================
+
+``train``, ``freeze``, ``freeze_to`` and ``unfreeze`` in the config replace the strategy's choice
+of what trains; the strategy still sets the learning rates. ``auto`` is resolved by the caller
+(:func:`regraft.train.resolve_strategy`).
+
+Example:
+    >>> import torchvision
+    >>> from regraft.config import Config
+    >>> model = torchvision.models.resnet18(weights=None, num_classes=3)
+    >>> p = plan(model, strategy="partial", cfg=Config(), steps_per_epoch=10, head="fc")
+    >>> p.freeze_plan.trainable_modules()
+    ['layer4', 'fc']
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from regraft._stages import under
+from regraft.config import Config
+from regraft.errors import ConfigError
+from regraft.freezing import (
+    FreezePlan,
+    apply_bn_policy,
+    freeze,
+    resolve_head,
+    stages,
+    swap_frozen_bn,
+)
+from regraft.optim import (
+    GroupScheduler,
+    UnfreezeSchedule,
+    build_optimizer,
+    build_scheduler,
+    param_groups,
+    split_by_epoch,
+)
+
+__all__ = ["plan", "TrainPlan", "STRATEGIES", "DEFAULT_LR", "SGD_LR_FACTOR", "default_lr", "default_weight_decay", "format_audit"]
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("scratch", "head", "partial", "full", "lp-ft", "gradual")
+# AdamW learning rates when cfg.lr is None: the trunk's LR (the head gets head_lr_mult × it),
+# or the only LR for scratch and head. SGD uses SGD_LR_FACTOR times these.
+DEFAULT_LR = {"scratch": 1e-3, "head": 1e-3, "partial": 1e-4, "full": 1e-4, "lp-ft": 1e-5, "gradual": 1e-4}
+SGD_LR_FACTOR = 10.0
+LP_FT_DISCRIMINATIVE = 0.1
+
+
+def default_lr(strategy: str, optimizer: str) -> float:
+    """The learning rate a strategy uses when none is given (see :data:`DEFAULT_LR`)."""
+    return DEFAULT_LR[strategy] * (SGD_LR_FACTOR if optimizer == "sgd" else 1.0)
+
+
+def default_weight_decay(optimizer: str) -> float:
+    """0.05 for AdamW, 1e-4 for SGD."""
+    return 1e-4 if optimizer == "sgd" else 0.05
+
+
+@dataclass
+class TrainPlan:
+    """Freezing, optimizer and schedule for one run, plus staged unfreezing as epochs begin."""
+
+    strategy: str
+    head: str | None
+    freeze_plan: FreezePlan
+    optimizer: torch.optim.Optimizer
+    scheduler: GroupScheduler
+    lr: float
+    steps_per_epoch: int
+    linear_probe_first: bool = False
+    unfreeze: UnfreezeSchedule | None = None
+    epoch: int = -1  # the last epoch begun
+    model: nn.Module | None = field(default=None, repr=False)
+    layout: list[tuple[str, list[str]]] = field(default_factory=list, repr=False)  # stages + head
+
+    def _groups(self) -> list[dict[str, Any]]:
+        # the scheduler holds the bare optimizer; `optimizer` may have been wrapped by Accelerate
+        return self.scheduler.optimizer.param_groups
+
+    def begin_epoch(self, epoch: int) -> list[str]:
+        """Apply the unfreeze schedule for ``epoch`` (counted from 0); returns what changed, in words."""
+        woken: list[int] = []
+        for i, group in enumerate(self._groups()):
+            if group.get("unfreeze_epoch", 0) > epoch:
+                continue
+            for p in group["params"]:
+                p.requires_grad_(True)
+            if not self.scheduler.is_awake(i):
+                woken.append(i)
+        self.epoch = epoch
+        if not woken:
+            return []
+        self.scheduler.wake(woken)
+        if self.model is not None:
+            apply_bn_policy(self.model)
+        groups = self._groups()
+        stages_woken = list(dict.fromkeys(groups[i]["stage"] for i in woken))
+        n = sum(p.numel() for i in woken for p in groups[i]["params"])
+        steps = max(self.scheduler.wake_warmup[i] for i in woken)
+        return [f"epoch {epoch + 1}: unfreezing {', '.join(stages_woken)} ({n:,} parameters); their LR warms up over {steps} steps"]
+
+    def audit(self) -> list[dict[str, Any]]:
+        """One row per optimizer group, and one per stage part outside the optimizer (frozen).
+
+        Rows: ``group``, ``stage``, ``trainable`` and ``frozen`` (parameter counts now),
+        ``lr`` (the group's peak LR), ``lr_now``, ``weight_decay``, ``unfreeze_epoch``.
+        """
+        rows: list[dict[str, Any]] = []
+        in_opt: set[int] = set()
+        by_stage: dict[str, list[dict[str, Any]]] = {}
+        for group in self._groups():
+            in_opt |= {id(p) for p in group["params"]}
+            by_stage.setdefault(group.get("stage", group.get("name", "?")), []).append(group)
+        params = dict(self.model.named_parameters()) if self.model is not None else {}
+        for stage, entries in self.layout:
+            for group in by_stage.pop(stage, []):
+                rows.append(_group_row(group))
+            rest = [p for n, p in params.items() if any(under(n, e) for e in entries) and id(p) not in in_opt]
+            if rest:
+                name = stage if all(r["stage"] != stage for r in rows) else f"{stage}/frozen"
+                rows.append({"group": name, "stage": stage, "trainable": 0, "frozen": sum(p.numel() for p in rest),
+                             "lr": None, "lr_now": None, "weight_decay": None, "unfreeze_epoch": None})
+        rows += [_group_row(g) for groups in by_stage.values() for g in groups]
+        return rows
+
+    def describe(self) -> str:
+        """The audit as a text table (what the CLI prints when training starts)."""
+        return format_audit(self.audit())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values for exact resume (the optimizer and scheduler save their own)."""
+        awake = [g.get("name", str(i)) for i, g in enumerate(self._groups()) if self.scheduler.is_awake(i)]
+        return {"strategy": self.strategy, "epoch": self.epoch, "awake": awake}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore which groups train (``requires_grad``) as they did when ``state`` was saved."""
+        awake = set(state.get("awake", []))
+        for i, group in enumerate(self._groups()):
+            if group.get("name", str(i)) in awake:
+                for p in group["params"]:
+                    p.requires_grad_(True)
+        self.epoch = int(state.get("epoch", -1))
+
+
+def _group_row(group: dict[str, Any]) -> dict[str, Any]:
+    ps = group["params"]
+    return {
+        "group": group.get("name", "?"),
+        "stage": group.get("stage", group.get("name", "?")),
+        "trainable": sum(p.numel() for p in ps if p.requires_grad),
+        "frozen": sum(p.numel() for p in ps if not p.requires_grad),
+        "lr": group.get("base_lr", group.get("initial_lr", group["lr"])),
+        "lr_now": group["lr"],
+        "weight_decay": group.get("weight_decay", 0.0),
+        "unfreeze_epoch": group.get("unfreeze_epoch", 0),
+    }
+
+
+def format_audit(rows: list[dict[str, Any]]) -> str:
+    """Rows of :meth:`TrainPlan.audit` as an aligned text table."""
+    def fmt(value: Any, kind: str) -> str:
+        if value is None:
+            return "-"
+        return f"{value:,}" if kind == "n" else f"{value:.3g}"
+
+    header = f"{'group':<28} {'trainable':>12} {'frozen':>12} {'lr':>9} {'wd':>7} {'from epoch':>10}"
+    lines = [header]
+    for r in rows:
+        start = "-" if r["unfreeze_epoch"] is None else str(r["unfreeze_epoch"] + 1)
+        lines.append(f"{r['group']:<28} {fmt(r['trainable'], 'n'):>12} {fmt(r['frozen'], 'n'):>12} "
+                     f"{fmt(r['lr'], 'f'):>9} {fmt(r['weight_decay'], 'f'):>7} {start:>10}")
+    return "\n".join(lines)
+
+
+def _partial_units(names: list[str]) -> list[list[str]]:
+    # VGG/AlexNet's fc1 and fc2 form one unit: the pretrained classifier MLP
+    units: list[list[str]] = []
+    for name in names:
+        if name == "fc2" and units and units[-1] == ["fc1"]:
+            units[-1].append(name)
+        else:
+            units.append([name])
+    return units
+
+
+def _initial_spec(strategy: str, cfg: Config, names: list[str], schedule: UnfreezeSchedule | None) -> dict[str, Any]:
+    if cfg.train is not None or cfg.freeze is not None or cfg.freeze_to is not None:
+        return {"train": cfg.train, "freeze": cfg.freeze, "freeze_to": cfg.freeze_to}
+    if cfg.unfreeze and schedule is not None:
+        first = [t for s in schedule.steps if s.epoch == 0 for t in s.train]
+        return {"train": first or ["head"]}
+    if strategy in ("scratch", "full", "lp-ft"):
+        return {"train": ["all"]}
+    if strategy in ("head", "gradual"):
+        return {"train": ["head"]}
+    units = _partial_units(names)
+    if cfg.partial_stages > len(units):
+        log.warning("partial_stages=%d but the model has %d stages: training all of them", cfg.partial_stages, len(units))
+    chosen = [n for unit in units[-cfg.partial_stages:] for n in unit] if units else []
+    return {"train": [*chosen, "head"]}
+
+
+def _lr_shape(strategy: str, cfg: Config) -> dict[str, Any]:
+    if strategy in ("scratch", "head"):
+        return {"head_lr_mult": 1.0, "discriminative_lr": cfg.discriminative_lr, "layer_decay": cfg.layer_decay}
+    disc = cfg.discriminative_lr
+    if strategy == "lp-ft" and disc is None and cfg.layer_decay is None:
+        disc = LP_FT_DISCRIMINATIVE
+    return {"head_lr_mult": cfg.head_lr_mult, "discriminative_lr": disc, "layer_decay": cfg.layer_decay}
+
+
+def _schedule(strategy: str, cfg: Config, names: list[str]) -> UnfreezeSchedule | None:
+    if cfg.unfreeze:
+        schedule = UnfreezeSchedule.parse(cfg.unfreeze)
+    elif strategy == "gradual":
+        schedule = UnfreezeSchedule.gradual(names, epochs=cfg.epochs)
+    else:
+        return None
+    late = [s.epoch for s in schedule.steps if s.epoch >= cfg.epochs]
+    if late:
+        log.warning("unfreeze: epoch %d is past the last epoch (%d, counted from 0) and never happens", late[0], cfg.epochs - 1)
+    return schedule
+
+
+def plan(model: nn.Module, *, strategy: str, cfg: Config, steps_per_epoch: int, head: str | None = None) -> TrainPlan:
+    """Freeze ``model`` (in place) and build its optimizer, schedule and unfreeze steps.
+
+    Args:
+        model: the model with its new head.
+        strategy: one of :data:`STRATEGIES` (resolve ``auto`` first).
+        cfg: the run's settings (lr, optimizer, schedule, freezing fields...).
+        steps_per_epoch: optimizer steps per epoch (batches / grad_accum).
+        head: the head's dotted path (found with ``surgery.find_head`` when None).
+
+    Returns:
+        A :class:`TrainPlan`; call ``begin_epoch(e)`` before each epoch and
+        ``scheduler.step()`` after each optimizer step.
+
+    Raises:
+        ConfigError: an unknown strategy or bad LR settings.
+        FreezeError: a freeze or unfreeze spec matches nothing, or nothing would train.
+    """
+    if strategy not in STRATEGIES:
+        hint = " (resolve 'auto' first with regraft.train.resolve_strategy)" if strategy == "auto" else ""
+        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}; got '{strategy}'{hint}")
+    head = resolve_head(model, head)
+    layout = stages(model, head=head)
+    names = [n for n, _ in layout]
+    schedule = _schedule(strategy, cfg, names)
+    fplan = freeze(model, **_initial_spec(strategy, cfg, names, schedule), train_bn=cfg.train_bn, head=head)
+    wake = schedule.wake_epochs(model, head=head, initial=fplan.trainable) if schedule else dict.fromkeys(fplan.trainable, 0)
+    if cfg.frozen_bn:
+        never = [p for p in fplan.bn_eval if not any(under(n, p) for n in wake)]
+        fplan.bn_swapped = swap_frozen_bn(model, never)
+        fplan.bn_eval = [p for p in fplan.bn_eval if p not in fplan.bn_swapped]
+    lr = cfg.lr if cfg.lr is not None else default_lr(strategy, cfg.optimizer)
+    wd = cfg.weight_decay if cfg.weight_decay is not None else default_weight_decay(cfg.optimizer)
+    groups = param_groups(model, lr=lr, head=head, weight_decay=wd, names=wake, **_lr_shape(strategy, cfg))
+    groups = split_by_epoch(groups, wake, steps_per_epoch=steps_per_epoch, schedule=schedule)
+    optimizer = build_optimizer(groups, name=cfg.optimizer, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
+    scheduler = build_scheduler(
+        optimizer, name=cfg.schedule, total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch), step_size_steps=cfg.step_size * steps_per_epoch,
+        gamma=cfg.gamma, unfreeze_warmup_steps=steps_per_epoch,
+    )
+    result = TrainPlan(
+        strategy=strategy, head=head, freeze_plan=fplan, optimizer=optimizer, scheduler=scheduler, lr=lr,
+        steps_per_epoch=steps_per_epoch, linear_probe_first=strategy == "lp-ft", unfreeze=schedule,
+        model=model, layout=[*layout, *([("head", [head])] if head else [])],
+    )
+    log.info("strategy %s: lr %.3g, %s, schedule %s%s", strategy, lr, fplan.summary(), cfg.schedule,
+             f", unfreeze {schedule.to_list()}" if schedule else "")
+    return result

@@ -1,0 +1,258 @@
+"""Named strategies: the trainable set, group LRs, staged unfreezing and the tutorials' recipes."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from regraft.config import Config
+from regraft.errors import ConfigError, FreezeError
+from regraft.strategies import DEFAULT_LR, TrainPlan, default_lr, format_audit, plan
+from tests.test_freezing import TinyResNet, TinyVGG
+
+
+def resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=3)
+
+
+def trainable(p: TrainPlan) -> list[str]:
+    return p.freeze_plan.trainable_modules()
+
+
+def lrs(p: TrainPlan) -> dict[str, float]:
+    return {g["name"]: g["base_lr"] for g in p.optimizer.param_groups}
+
+
+ALL_RESNET = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected", "trunk_lr", "head_lr"),
+    [
+        ("scratch", ALL_RESNET, 1e-3, 1e-3),
+        ("head", ["fc"], None, 1e-3),
+        ("partial", ["layer4", "fc"], 1e-4, 1e-3),
+        ("full", ALL_RESNET, 1e-4, 1e-3),
+        ("lp-ft", ALL_RESNET, 1e-5, 1e-4),
+        ("gradual", ["fc"], 1e-4, 1e-3),
+    ],
+)
+def test_each_strategy_on_resnet18(strategy: str, expected: list[str], trunk_lr: float | None, head_lr: float) -> None:
+    p = plan(resnet18(), strategy=strategy, cfg=Config(epochs=4), steps_per_epoch=3, head="fc")
+    assert trainable(p) == expected
+    got = lrs(p)
+    assert got["head"] == pytest.approx(head_lr) and got["head/no_decay"] == pytest.approx(head_lr)
+    if trunk_lr is not None:
+        assert got["layer4"] == pytest.approx(trunk_lr)
+    assert p.linear_probe_first == (strategy == "lp-ft")
+    assert p.head == "fc" and p.optimizer.param_groups[0]["weight_decay"] == 0.05
+    audit = p.audit()
+    assert sum(r["trainable"] + r["frozen"] for r in audit) == sum(t.numel() for t in p.model.parameters())
+    assert sum(r["trainable"] for r in audit) == p.freeze_plan.n_trainable
+
+
+def test_lp_ft_is_discriminative_and_gradual_keeps_later_stages_inert() -> None:
+    p = plan(resnet18(), strategy="lp-ft", cfg=Config(), steps_per_epoch=2, head="fc")
+    got = lrs(p)
+    assert got["stem"] == pytest.approx(1e-6) and got["layer4"] == pytest.approx(1e-5)
+    g = plan(resnet18(), strategy="gradual", cfg=Config(epochs=5), steps_per_epoch=2, head="fc")
+    assert g.unfreeze.to_list()[-1] == {"epoch": 4, "train": ["all"]}
+    rows = {r["group"]: r for r in g.audit()}
+    assert rows["layer4"]["unfreeze_epoch"] == 1 and rows["layer4"]["trainable"] == 0 and rows["layer4"]["lr_now"] == 0.0
+    assert rows["stem"]["unfreeze_epoch"] == 4 and rows["head"]["unfreeze_epoch"] == 0
+
+
+def test_sgd_defaults_are_ten_times_adamw_and_weight_decay_follows_optimizer() -> None:
+    assert default_lr("full", "sgd") == pytest.approx(10 * DEFAULT_LR["full"])
+    p = plan(resnet18(), strategy="full", cfg=Config(optimizer="sgd"), steps_per_epoch=2, head="fc")
+    assert isinstance(p.optimizer, torch.optim.SGD)
+    assert lrs(p)["layer4"] == pytest.approx(1e-3) and lrs(p)["head"] == pytest.approx(1e-2)
+    assert p.optimizer.param_groups[0]["weight_decay"] == 1e-4 and p.optimizer.param_groups[0]["momentum"] == 0.9
+
+
+def test_each_strategy_on_a_vgg() -> None:
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return TinyVGG(blocks=3)
+
+    head = "classifier.6"
+    expected = {
+        "scratch": ["features", "classifier"],
+        "head": ["classifier.6"],
+        "partial": ["classifier"],  # fc1 + fc2 + head: the tutorial's VGG recipe
+        "full": ["features", "classifier"],
+        "lp-ft": ["features", "classifier"],
+        "gradual": ["classifier.6"],
+    }
+    for strategy, modules in expected.items():
+        p = plan(build(), strategy=strategy, cfg=Config(epochs=4), steps_per_epoch=2, head=head)
+        assert trainable(p) == modules, strategy
+    p = plan(build(), strategy="partial", cfg=Config(partial_stages=2), steps_per_epoch=2, head=head)
+    assert trainable(p) == ["features.8", "features.10", "classifier"]
+
+
+def test_torchvision_vgg11_partial_trains_fc1_fc2_and_head() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.vgg11(weights=None, num_classes=3)
+    p = plan(model, strategy="partial", cfg=Config(lr=1e-4, optimizer="sgd"), steps_per_epoch=2, head="classifier.6")
+    assert trainable(p) == ["classifier"]
+    assert {g["stage"] for g in p.optimizer.param_groups} == {"fc1", "fc2", "head"}
+    assert lrs(p)["fc1"] == pytest.approx(1e-4) and lrs(p)["head"] == pytest.approx(1e-3)
+
+
+# ---------------------------------------------------------------------------- the tutorials' recipes
+
+
+def test_recipe_vgg_fc1_fc2_and_new_layer_at_higher_lr() -> None:
+    torch.manual_seed(0)
+    model = TinyVGG(blocks=3)
+    p = plan(model, strategy="partial", cfg=Config(lr=1e-4, optimizer="sgd"), steps_per_epoch=2, head="classifier.6")
+    names = [n for g in p.optimizer.param_groups for n in g["param_names"]]
+    assert sorted(names) == sorted(n for n, _ in model.classifier.named_parameters(prefix="classifier"))
+    assert all(q.requires_grad for g in p.optimizer.param_groups for q in g["params"])  # no frozen parameter in the optimizer
+    assert {g["stage"]: g["lr"] for g in p.optimizer.param_groups} == pytest.approx({"fc1": 1e-4, "fc2": 1e-4, "head": 1e-3})
+
+
+def test_recipe_features_frozen_sgd_on_classifier() -> None:
+    torch.manual_seed(0)
+    model = TinyVGG(blocks=3)
+    cfg = Config(strategy="head", freeze=["features"], optimizer="sgd", lr=0.001, momentum=0.9, weight_decay=0.0)
+    p = plan(model, strategy="head", cfg=cfg, steps_per_epoch=2, head="classifier.6")
+    assert trainable(p) == ["classifier"]
+    assert all(g["lr"] == pytest.approx(0.001) and g["momentum"] == 0.9 and g["weight_decay"] == 0.0 for g in p.optimizer.param_groups)
+    assert all(not q.requires_grad for q in model.features.parameters())
+
+
+def test_recipe_head_at_ten_times_lr_sgd_with_weight_decay() -> None:
+    cfg = Config(strategy="full", optimizer="sgd", lr=5e-5, weight_decay=1e-3, schedule="constant")
+    p = plan(resnet18(), strategy="full", cfg=cfg, steps_per_epoch=2, head="fc")
+    got = {g["name"]: (g["lr"], g["weight_decay"]) for g in p.optimizer.param_groups}
+    assert got["layer1"] == pytest.approx((5e-5, 1e-3)) and got["head"] == pytest.approx((5e-4, 1e-3))
+    assert got["head/no_decay"] == pytest.approx((5e-4, 0.0))
+    scratch = plan(resnet18(), strategy="scratch", cfg=Config(optimizer="sgd", lr=5e-4, schedule="constant"), steps_per_epoch=2, head="fc")
+    assert {g["lr"] for g in scratch.optimizer.param_groups} == {5e-4}
+
+
+# ---------------------------------------------------------------------------- overrides and staged unfreezing
+
+
+def test_explicit_freeze_settings_override_the_strategy() -> None:
+    p = plan(resnet18(), strategy="full", cfg=Config(freeze_to="layer2"), steps_per_epoch=2, head="fc")
+    assert trainable(p) == ["layer3", "layer4", "fc"]
+    p = plan(resnet18(), strategy="head", cfg=Config(train=["layer4", "head"]), steps_per_epoch=2, head="fc")
+    assert trainable(p) == ["layer4", "fc"] and lrs(p)["layer4"] == lrs(p)["head"]
+    with pytest.raises(FreezeError, match="'layer9' is not a stage"):
+        plan(resnet18(), strategy="full", cfg=Config(freeze_to="layer9"), steps_per_epoch=2, head="fc")
+
+
+def test_frozen_bn_swaps_only_batchnorm_that_never_trains() -> None:
+    torch.manual_seed(0)
+    model = TinyResNet()
+    p = plan(model, strategy="full", cfg=Config(freeze_to="layer2", frozen_bn=True), steps_per_epoch=2, head="fc")
+    assert p.freeze_plan.bn_swapped == ["bn1", "layer1.1", "layer2.1"]
+    assert isinstance(model.layer2[1], torchvision.ops.FrozenBatchNorm2d) and isinstance(model.layer3[1], nn.BatchNorm2d)
+    assert trainable(p) == ["layer3", "layer4", "fc"]
+
+
+def run_epoch(model: nn.Module, p: TrainPlan, gen: torch.Generator) -> None:
+    for _ in range(p.steps_per_epoch):
+        model.train()
+        x = torch.randn(4, 3, 16, 16, generator=gen)
+        y = torch.randint(0, 3, (4,), generator=gen)
+        loss = nn.functional.cross_entropy(model(x), y)
+        p.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        p.optimizer.step()
+        p.scheduler.step()
+
+
+UNFREEZE = [{"epoch": 0, "train": "head"}, {"epoch": 1, "train": "layer4"}, {"epoch": 2, "train": "all"}]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle", "step"])
+def test_unfreeze_recipe_runs_with_each_schedule(schedule: str) -> None:
+    torch.manual_seed(0)
+    model = TinyResNet()
+    cfg = Config(strategy="full", unfreeze=UNFREEZE, epochs=3, schedule=schedule, step_size=1, frozen_bn=True)
+    p = plan(model, strategy="full", cfg=cfg, steps_per_epoch=3, head="fc")
+    assert trainable(p) == ["fc"]
+    assert p.freeze_plan.bn_swapped == []  # every BatchNorm trains at some point: none is swapped
+    start = {n: t.detach().clone() for n, t in model.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    messages = []
+    for epoch in range(3):
+        messages += p.begin_epoch(epoch)
+        before = {n: t.detach().clone() for n, t in model.named_parameters()}
+        run_epoch(model, p, gen)
+        for name, t in model.named_parameters():
+            wakes = 0 if name.startswith("fc") else 1 if name.startswith("layer4") else 2
+            if epoch < wakes:
+                assert torch.equal(t, start[name]) and not t.requires_grad, name
+            else:
+                assert not torch.equal(t, before[name]), name
+    assert messages[0].startswith("epoch 2: unfreezing layer4 (")
+    assert messages[1].startswith("epoch 3: unfreezing stem, layer1, layer2, layer3 (")
+    assert "warms up over 3 steps" in messages[0]
+
+
+def test_plan_state_round_trip_restores_what_trains() -> None:
+    torch.manual_seed(0)
+    cfg = Config(unfreeze=UNFREEZE, epochs=3)
+    model = TinyResNet()
+    p = plan(model, strategy="gradual", cfg=cfg, steps_per_epoch=2, head="fc")
+    gen = torch.Generator().manual_seed(0)
+    for epoch in range(2):
+        p.begin_epoch(epoch)
+        run_epoch(model, p, gen)
+    buf = io.BytesIO()
+    torch.save({"plan": p.state_dict(), "opt": p.optimizer.state_dict(), "sched": p.scheduler.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    assert saved["plan"]["epoch"] == 1 and "layer4" in saved["plan"]["awake"]
+    torch.manual_seed(0)
+    fresh_model = TinyResNet()
+    fresh_model.load_state_dict(model.state_dict())
+    fresh = plan(fresh_model, strategy="gradual", cfg=cfg, steps_per_epoch=2, head="fc")
+    assert not fresh_model.layer4[0].weight.requires_grad
+    fresh.load_state_dict(saved["plan"])
+    fresh.optimizer.load_state_dict(saved["opt"])
+    fresh.scheduler.load_state_dict(saved["sched"])
+    assert fresh_model.layer4[0].weight.requires_grad and not fresh_model.layer1[0].weight.requires_grad
+    assert fresh.begin_epoch(1) == []  # nothing new wakes on resume
+    assert fresh.audit() == p.audit()
+
+
+def test_audit_table_and_json() -> None:
+    p = plan(resnet18(), strategy="partial", cfg=Config(), steps_per_epoch=2, head="fc")
+    rows = p.audit()
+    assert [r["group"] for r in rows] == ["stem", "layer1", "layer2", "layer3", "layer4", "layer4/no_decay", "head", "head/no_decay"]
+    assert rows[0] == {"group": "stem", "stage": "stem", "trainable": 0, "frozen": 9536, "lr": None, "lr_now": None,
+                       "weight_decay": None, "unfreeze_epoch": None}
+    json.dumps(rows)
+    table = format_audit(rows)
+    assert table.splitlines()[0].split() == ["group", "trainable", "frozen", "lr", "wd", "from", "epoch"]
+    assert "8,388,608" in p.describe()
+
+
+def test_timm_model_partial() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("test_efficientnet", pretrained=False, num_classes=3)
+    p = plan(model, strategy="partial", cfg=Config(), steps_per_epoch=2, head="classifier")
+    assert trainable(p) == ["blocks.4", "conv_head", "bn2", "classifier"]
+
+
+def test_strategy_errors() -> None:
+    with pytest.raises(ConfigError, match=r"got 'auto' \(resolve 'auto' first"):
+        plan(resnet18(), strategy="auto", cfg=Config(), steps_per_epoch=2, head="fc")
+    with pytest.raises(FreezeError, match="nothing to train"):
+        plan(resnet18(), strategy="full", cfg=Config(freeze=["all"]), steps_per_epoch=2, head="fc")
+    with pytest.raises(FreezeError, match=r"unfreeze\[1\]: 'layer9' matches no stage"):
+        plan(resnet18(), strategy="full", cfg=Config(unfreeze=[{"epoch": 0, "train": "head"}, {"epoch": 1, "train": "layer9"}]),
+             steps_per_epoch=2, head="fc")

@@ -186,7 +186,10 @@ def test_replace_head_keeps_a_matching_head_and_follows_device_and_dtype():
     assert m.fc is head
     m = zoo.build("timm:test_resnet").double()
     surgery.replace_head(m, 7, hidden=[8])
-    assert {p.dtype for p in m.parameters()} == {torch.float64}
+    assert surgery.insert_after(m, "fc.0", {"type": "LayerNorm"}, input_size=(3, 32, 32)) == "fc.1"
+    assert m.fc[1].normalized_shape == (8,)
+    assert {p.dtype for p in m.parameters()} == {torch.float64}  # built modules follow the model's dtype/device
+    assert surgery.validate(m, input_size=(3, 32, 32)) == (2, 7)
 
 
 def test_replace_head_on_a_conv_classifier_keeps_it_convolutional():

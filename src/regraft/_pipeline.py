@@ -64,13 +64,14 @@ def setup(
     else:  # the user's own module
         ref = getattr(model, "regraft_ref", None) or zoo.ModelRef("custom", type(model).__qualname__)
         base_dcfg = zoo.DataConfig()
-    head = surgery.replace_head(
-        model, len(classes), hidden=tuple(cfg.head_hidden), dropout=cfg.head_dropout, init=cfg.head_init
-    )
-    report = _load_weights(cfg, model, strategy=strategy, head=head, notify=notify)
     dcfg = base_dcfg.with_overrides(
         img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct
     )
+    head = surgery.replace_head(
+        model, len(classes), hidden=tuple(cfg.head_hidden), dropout=cfg.head_dropout, init=cfg.head_init,
+        input_size=dcfg.input_size,
+    )
+    report = _load_weights(cfg, model, strategy=strategy, head=head, notify=notify)
     diff = None
     if cfg.surgery:
         diff = surgery.apply(model, cfg.surgery, input_size=dcfg.input_size)
@@ -189,6 +190,9 @@ def announce(setup: Setup, notify: Callable[[str], None]) -> None:
     """Tell the user what was loaded and what trains, before the first step."""
     if setup.load_report is not None:
         for line in setup.load_report.format_lines():
+            notify(line)
+    if setup.surgery_diff is not None:
+        for line in setup.surgery_diff.format_lines():
             notify(line)
     for line in format_audit(setup.plan.audit()):
         notify(line)

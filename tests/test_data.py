@@ -420,6 +420,16 @@ def test_tiny_budget_spills_to_disk_and_later_runs_decode_nothing(tmp_path, monk
     assert all(torch.equal(again[i][0], expected[i + 3]) for i in range(len(again)))
 
 
+def test_refilling_the_same_files_takes_no_more_ram(tmp_path, toy_data):
+    samples = discover(toy_data).train
+    cache = DecodeCache(ram_bytes="1G", cache_dir=tmp_path / "c")
+    ImageDataset(samples, build_transforms(SMALL, train=True), cache=cache)
+    used = cache.ram_allocated
+    assert used == len(samples) * 36 * 36 * 3
+    ImageDataset(samples, build_transforms(SMALL, train=True, augment="strong"), cache=cache)
+    assert cache.ram_allocated == used and cache.stats["decoded"] == len(samples)
+
+
 def test_cache_is_keyed_by_content_not_path(tmp_path):
     root = make_image_folder(tmp_path / "d", classes=("a",), per_class=2, size=40, split=False, ext=".jpg")
     first, second = sorted((root / "a").iterdir())

@@ -108,8 +108,8 @@ class ImageDataset(Dataset):
 
     Args:
         samples: ``(path, label)`` pairs (``DataSplits.train`` / ``.val``).
-        transform: from :func:`build_transforms` (needed for the cache and for batch-level
-            normalisation in :func:`make_loader`), or any callable taking an RGB PIL image.
+        transform: from :func:`build_transforms` (needed for the cache, :meth:`raw` and
+            :func:`sample_batch`), or any callable taking an RGB PIL image.
         cache: a :class:`DecodeCache`: decode every file now, once, and serve its pixels after.
         skip_log: file to list skipped paths in (``RUN/skipped_files.txt``).
         on_error: ``"substitute"`` (training) or ``"drop"`` (evaluation); see the module doc.

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Iterable, Iterator
@@ -88,17 +89,58 @@ class _SeededBatches:
             yield [(int(i), sample_seed(self.seed, epoch, int(i))) for i in batch]
 
 
-class _CollatePresent:
-    """``default_collate`` of the items not dropped (None); an all-dropped batch is empty."""
+class _RawView(Dataset):
+    """An :class:`ImageDataset` giving uint8 crops; :class:`_NormalizeCollate` finishes them."""
 
-    def __init__(self, size: tuple[int, int] | None) -> None:
-        self.size = size
+    def __init__(self, dataset: ImageDataset) -> None:
+        self.dataset = dataset
 
-    def __call__(self, batch: list[Any]) -> Any:
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.dataset.raw(key)
+
+    def __getattr__(self, name: str) -> Any:  # samples, labels, transform ... of the dataset
+        if name == "dataset":  # not set yet while unpickling
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class _NormalizeCollate:
+    """Normalise each uint8 crop straight into its slot of the float batch; skip dropped items.
+
+    Writing into the batch (shared memory in a worker, as ``default_collate`` does) avoids a
+    float copy per image and per batch: fresh memory costs page faults, which on small images
+    cost as much as the crop itself.
+    """
+
+    def __init__(self, transform: ImageTransform) -> None:
+        self.transform = transform
+
+    def __call__(self, batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         kept = [b for b in batch if b is not None]
-        if kept or self.size is None:
-            return default_collate(kept)
-        return torch.empty((0, 3, *self.size)), torch.empty(0, dtype=torch.long)
+        out = _new_batch((len(kept), 3, *self.transform.size))
+        for i, (x, _) in enumerate(kept):
+            self.transform.normalize(x, out=out[i])
+        return out, torch.tensor([b[1] for b in kept], dtype=torch.long)
+
+
+def _new_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor; in shared memory inside a DataLoader worker."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape)
+    elem = torch.empty(0)
+    try:  # what default_collate does, so the batch is not copied again to reach the main process
+        storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
+        return elem.new(storage).resize_(*shape)
+    except (AttributeError, RuntimeError):
+        return torch.empty(shape)
+
+
+def _collate_present(batch: list[Any]) -> Any:
+    """``default_collate`` of the items not dropped (None)."""
+    return default_collate([b for b in batch if b is not None])
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -139,8 +181,10 @@ def make_loader(
     """
     inner = batch_sampler or EpochBatches(len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)  # type: ignore[arg-type]
     sampler: Iterable = _SeededBatches(inner, seed) if isinstance(dataset, ImageDataset) else inner
-    transform = getattr(dataset, "transform", None)
-    collate = _CollatePresent(transform.size if isinstance(transform, ImageTransform) else None)
+    view: Dataset = dataset
+    collate: Any = _collate_present
+    if isinstance(dataset, ImageDataset) and isinstance(dataset.transform, ImageTransform):
+        view, collate = _RawView(dataset), _NormalizeCollate(dataset.transform)
     n_workers = default_workers(len(dataset), batch_size=batch_size) if workers is None else max(0, workers)  # type: ignore[arg-type]
     extra: dict[str, Any] = {}
     if n_workers > 0:
@@ -149,7 +193,7 @@ def make_loader(
         if prefetch_factor is not None:
             extra["prefetch_factor"] = prefetch_factor
     return DataLoader(
-        dataset,
+        view,
         batch_sampler=sampler,  # type: ignore[arg-type]
         num_workers=n_workers,
         collate_fn=collate,

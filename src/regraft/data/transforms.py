@@ -5,8 +5,8 @@ A transform runs in two stages so that the decode cache can hold the first one:
 1. **resize** (deterministic, Pillow): the image's shorter side to ``floor(size / crop_pct)``
    (the evaluation resize of timm and torchvision; 256 for 224 at crop 0.875);
 2. **crop** (on the uint8 tensor): ``CenterCrop(size)`` for evaluation and ``augment="none"``;
-   ``light`` adds nothing else but replaces it by ``RandomResizedCrop(size)`` + horizontal flip;
-   ``strong`` adds ``TrivialAugmentWide``; then the weights' mean/std normalisation.
+   ``RandomResizedCrop(size)`` + horizontal flip for ``light``; that + ``TrivialAugmentWide``
+   for ``strong``; then the weights' mean/std normalisation.
 
 Training crops are therefore taken from the image at the evaluation resize rather than at its
 full resolution; that is what lets later epochs skip decoding while augmentation still differs
@@ -75,17 +75,26 @@ class ImageTransform:
     def post(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Crop (and augment) an ``(H, W, 3)`` uint8 image: a ``(3, h, w)`` uint8 tensor."""
         x = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels
-        return self.crop(x.permute(2, 0, 1))
+        # the HWC view is what the uint8 resize kernels are fastest on; their output keeps that
+        # channels-last layout, in which normalising and batching run several times slower
+        return self.crop(x.permute(2, 0, 1)).contiguous()
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(..., 3, H, W)`` -> float32 ``(x / 255 - mean) / std``, as one multiply-add.
+    def normalize(self, x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 ``(3, H, W)`` -> float32 ``(x / 255 - mean) / std``, as one multiply-add.
 
-        Per image (in the DataLoader workers) rather than per batch: an image's floats fit in
-        the CPU cache, a batch's do not, which makes this several times faster.
+        With ``out`` (a float32 tensor of the same shape, e.g. a slot of a batch), the result is
+        written there: the loaders normalise each image straight into its batch, so that no
+        per-image float copy is allocated (fresh memory costs page faults).
         """
+        scale, offset = self._affine()
+        if out is None:
+            return x.to(torch.float32, copy=True).mul_(scale).add_(offset)
+        return torch.mul(x, scale, out=out).add_(offset)
+
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
         offset = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)]).view(3, 1, 1)
-        return x.to(torch.float32, copy=True).mul_(scale).add_(offset)
+        return scale, offset
 
     def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
         pixels = img if isinstance(img, np.ndarray) else self.pre(img)

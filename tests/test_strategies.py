@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 
 import pytest
 import timm
@@ -13,7 +14,7 @@ from torch import nn
 
 from regraft.config import Config
 from regraft.errors import ConfigError, FreezeError
-from regraft.strategies import DEFAULT_LR, TrainPlan, default_lr, format_audit, plan
+from regraft.strategies import DEFAULT_LR, STRATEGIES, TrainPlan, default_lr, format_audit, plan
 from tests.test_freezing import TinyResNet, TinyVGG
 
 
@@ -256,3 +257,64 @@ def test_strategy_errors() -> None:
     with pytest.raises(FreezeError, match=r"unfreeze\[1\]: 'layer9' matches no stage"):
         plan(resnet18(), strategy="full", cfg=Config(unfreeze=[{"epoch": 0, "train": "head"}, {"epoch": 1, "train": "layer9"}]),
              steps_per_epoch=2, head="fc")
+
+
+# ---------------------------------------------------------------------------- with the training loop
+
+def loaders() -> tuple:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 16, 16, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+    return DataLoader(TensorDataset(x, y), batch_size=4), DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_each_strategy_trains_in_the_engine_with_frozen_parts_bitwise_fixed(strategy: str) -> None:
+    from regraft import engine
+    from regraft.freezing import apply_bn_policy
+
+    torch.manual_seed(0)
+    model = TinyResNet()
+    train, val = loaders()
+    acc = engine.make_accelerator(device="cpu")
+    p = plan(model, strategy=strategy, cfg=Config(epochs=2, lr=1e-2), steps_per_epoch=len(train), head="fc")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    prepared, p.optimizer = acc.prepare(model, p.optimizer)
+    engine.fit(prepared, p, train, val, epochs=2, accelerator=acc, after_train_mode=apply_bn_policy)
+    end = model.state_dict()
+    trains = {"head": ("fc",), "partial": ("layer4", "fc")}.get(strategy)
+    if strategy == "gradual":  # two epochs: the head, then everything (the last step is 'all')
+        assert [s.train for s in p.unfreeze.steps] == [("head",), ("all",)]
+        trains = None
+    for key, value in end.items():
+        if trains is not None and not key.startswith(trains):
+            assert torch.equal(value, start[key]), f"{strategy}: frozen {key} changed"
+        elif key.endswith(("weight", "running_mean")):
+            assert not torch.equal(value, start[key]), f"{strategy}: {key} did not train"
+
+
+def test_engine_checkpoint_restores_the_plan() -> None:
+    from regraft import engine
+    from regraft.freezing import apply_bn_policy
+    from regraft.runs import RunDir, load_checkpoint
+
+    def fresh():
+        torch.manual_seed(0)
+        m = TinyResNet()
+        p = plan(m, strategy="full", cfg=Config(epochs=3, unfreeze=UNFREEZE), steps_per_epoch=4, head="fc")
+        return m, p
+
+    train, val = loaders()
+    acc = engine.make_accelerator(device="cpu")
+    model, p = fresh()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir.prepare(f"{tmp}/run", overwrite=True, resume=False)
+        engine.fit(model, p, train, val, epochs=2, accelerator=acc, run=run, after_train_mode=apply_bn_policy)
+        checkpoint = load_checkpoint(run.checkpoint)
+    assert checkpoint["plan"]["awake"] == ["layer4", "layer4/no_decay", "head", "head/no_decay"]
+    model2, p2 = fresh()
+    engine.restore(checkpoint, model=model2, plan=p2, accelerator=acc)
+    assert [q.requires_grad for q in model2.parameters()] == [q.requires_grad for q in model.parameters()]
+    assert [g["lr"] for g in p2.optimizer.param_groups] == [g["lr"] for g in p.optimizer.param_groups]
+    assert p2.audit() == p.audit()

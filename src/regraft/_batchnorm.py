@@ -98,6 +98,7 @@ def apply_bn_policy(model: nn.Module) -> int:
 
     Example:
         >>> import torchvision
+        >>> from regraft.freezing import freeze
         >>> m = torchvision.models.resnet18(weights=None, num_classes=2)
         >>> _ = freeze(m, head="fc")
         >>> _ = m.train(); apply_bn_policy(m)

@@ -497,6 +497,32 @@ def test_loader_order_depends_only_on_seed_and_epoch(toy_data):
     assert len(make_loader(ds, batch_size=5, shuffle=True, drop_last=True, workers=0)) == 4
 
 
+def test_loader_accepts_a_distributed_batch_sampler(toy_data):
+    from regraft._sampler import EpochBatchSampler
+
+    ds = ImageDataset(discover(toy_data).train, build_transforms(SMALL, train=True))
+    shards = [
+        make_loader(ds, batch_sampler=EpochBatchSampler(len(ds), batch_size=4, shuffle=True, seed=2, rank=r, world_size=2), workers=0, device="cpu")
+        for r in (0, 1)
+    ]
+    assert not shards[0].pin_memory
+    for epoch in (0, 1):
+        seen = []
+        for loader in shards:
+            loader.batch_sampler.set_epoch(epoch)
+            seen += [y for _, y in loader]
+        assert sum(len(y) for y in seen) == len(ds)  # each image once per epoch over both ranks
+    a = [x for x, _ in shards[0]]
+    shards[0].batch_sampler.set_epoch(2)
+    assert all(torch.equal(p, q) for p, q in zip(a, [x for x, _ in shards[0]], strict=True))
+
+
+def test_cache_for_config_shares_the_budget_among_local_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    cache = DecodeCache.for_config(SMALL, ram="1G", cache_dir=tmp_path)
+    assert cache.ram_budget == 2**30 // 4 and cache.cache_dir == tmp_path
+
+
 def test_sample_batch_gives_unnormalised_augmented_images(toy_data):
     ds = ImageDataset(discover(toy_data).train, build_transforms(SMALL, train=True))
     images, labels = sample_batch(ds, n=6, seed=0)

@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,6 +163,30 @@ class DecodeCache:
         # what this cache decoded, kept until the cache is dropped: filling the same files again
         # (a second dataset, the next stage of lp-ft) returns it instead of taking more RAM
         self._filled: dict[tuple[str, str], CachedImages] = {}
+
+    @classmethod
+    def for_config(
+        cls, data_config: Any, *, ram: int | str | None = None, cache_dir: str | os.PathLike | None = None, threads: int | None = None
+    ) -> DecodeCache:
+        """The cache of one training process: ``ram`` (``cache_ram``) shared by the local processes.
+
+        Under ``torchrun``/``accelerate launch`` every process on a machine fills its own RAM
+        part, so each gets ``ram / LOCAL_WORLD_SIZE``; the disk part is shared. Logs how many
+        images of ``data_config``'s size the budget holds.
+
+        Args:
+            data_config: the run's ``DataConfig`` (input size and crop fraction).
+            ram: the machine's budget (``"4G"``, bytes; None = a quarter of the available memory).
+            cache_dir, threads: as for the constructor.
+        """
+        total = parse_bytes(ram) if ram is not None else available_memory() // 4
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        cache = cls(ram_bytes=total // local, cache_dir=cache_dir, threads=threads)
+        _, h, w = data_config.input_size
+        side = int(min(h, w) / data_config.crop_pct)
+        per_image = 3 * side * side * 4 // 3  # a 4:3 photo at the resize stage
+        log.info("decode cache: %.0f MB of RAM per process, about %d images at %d px", cache.ram_budget / 2**20, cache.ram_budget // per_image, side)
+        return cache
 
     def folder(self, resize: ResizeSpec) -> Path:
         """Where images resized per ``resize`` are kept on disk."""

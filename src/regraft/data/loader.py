@@ -153,8 +153,8 @@ def _seed_worker(worker_id: int) -> None:
 def make_loader(
     dataset: Dataset,
     *,
-    batch_size: int,
-    shuffle: bool,
+    batch_size: int = 32,
+    shuffle: bool = False,
     seed: int = 0,
     workers: int | None = None,
     drop_last: bool = False,
@@ -162,18 +162,21 @@ def make_loader(
     pin_memory: bool | None = None,
     persistent_workers: bool | None = None,
     prefetch_factor: int | None = None,
+    device: torch.device | str | None = None,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` with reproducible order and augmentation.
 
     Args:
         dataset: usually an :class:`ImageDataset` (any map-style dataset works).
-        batch_size, shuffle, drop_last: as in ``DataLoader`` (ignored with ``batch_sampler``).
+        batch_size, shuffle, drop_last: as in ``DataLoader`` (unused with ``batch_sampler``).
         seed: the order and the augmentation of epoch ``e`` depend only on ``(seed, e)``.
         workers: worker processes (None = :func:`default_workers`).
-        batch_sampler: your own (e.g. a distributed sampler with ``set_epoch``), wrapped the same way.
-        pin_memory: None = when CUDA is available.
+        batch_sampler: your own (e.g. a distributed one with ``set_epoch``), wrapped the same way.
+        pin_memory: None = when the batches go to a CUDA device (``device``, or any CUDA GPU
+            when ``device`` is None).
         persistent_workers: None = whenever there are workers.
         prefetch_factor: batches each worker prepares ahead (None = PyTorch's default).
+        device: where the batches will be used (decides ``pin_memory``).
 
     Returns:
         A ``DataLoader`` yielding ``(images float (B, 3, H, W), labels long (B,))``; its
@@ -185,7 +188,10 @@ def make_loader(
     collate: Any = _collate_present
     if isinstance(dataset, ImageDataset) and isinstance(dataset.transform, ImageTransform):
         view, collate = _RawView(dataset), _NormalizeCollate(dataset.transform)
-    n_workers = default_workers(len(dataset), batch_size=batch_size) if workers is None else max(0, workers)  # type: ignore[arg-type]
+    size = getattr(inner, "batch_size", batch_size)
+    n_workers = default_workers(len(dataset), batch_size=size) if workers is None else max(0, workers)  # type: ignore[arg-type]
+    if pin_memory is None:
+        pin_memory = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
     extra: dict[str, Any] = {}
     if n_workers > 0:
         extra["persistent_workers"] = True if persistent_workers is None else persistent_workers
@@ -197,9 +203,7 @@ def make_loader(
         batch_sampler=sampler,  # type: ignore[arg-type]
         num_workers=n_workers,
         collate_fn=collate,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed),
         **extra,
     )
-
-

@@ -4,6 +4,12 @@
 augmentation seed (see :func:`regraft.data.dataset.sample_seed`): the same epoch gives the same
 batches and the same crops with 0 or 8 workers, persistent or not, and after a resume.
 
+Workers send uint8 batches (a quarter of the bytes through shared memory and pinned memory);
+the loader normalises them where they arrive, on the target ``device`` when one is given, so a
+GPU run neither copies nor normalises floats on the CPU. Give distributed runs a distributed
+``batch_sampler`` rather than ``accelerator.prepare(loader)``: a re-built loader would hand out
+the workers' uint8 batches as they are.
+
 Example:
     >>> loader = make_loader(train_ds, batch_size=32, shuffle=True, seed=0)   # doctest: +SKIP
     >>> loader.batch_sampler.set_epoch(3)                                     # doctest: +SKIP
@@ -108,11 +114,12 @@ class _RawView(Dataset):
 
 
 class _NormalizeCollate:
-    """Normalise each uint8 crop straight into its slot of the float batch; skip dropped items.
+    """Batch the uint8 crops, skipping dropped items, and normalise them into a float batch.
 
-    Writing into the batch (shared memory in a worker, as ``default_collate`` does) avoids a
-    float copy per image and per batch: fresh memory costs page faults, which on small images
-    cost as much as the crop itself.
+    In-process, each crop is normalised straight into its slot of the float batch (no float
+    copy per image: fresh memory costs page faults, as much as the crop itself on small
+    images). In a worker process the batch stays uint8 -- a quarter of the bytes to move through
+    shared memory -- and :class:`_ImageLoader` normalises it where it arrives.
     """
 
     def __init__(self, transform: ImageTransform) -> None:
@@ -120,22 +127,51 @@ class _NormalizeCollate:
 
     def __call__(self, batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         kept = [b for b in batch if b is not None]
-        out = _new_batch((len(kept), 3, *self.transform.size))
+        labels = torch.tensor([b[1] for b in kept], dtype=torch.long)
+        shape = (len(kept), 3, *self.transform.size)
+        if torch.utils.data.get_worker_info() is not None:
+            out = _new_shared(shape, torch.uint8)
+            for i, (x, _) in enumerate(kept):
+                out[i].copy_(x)
+            return out, labels
+        out = torch.empty(shape)
         for i, (x, _) in enumerate(kept):
             self.transform.normalize(x, out=out[i])
-        return out, torch.tensor([b[1] for b in kept], dtype=torch.long)
+        return out, labels
 
 
-def _new_batch(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float32 tensor; in shared memory inside a DataLoader worker."""
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape)
-    elem = torch.empty(0)
-    try:  # what default_collate does, so the batch is not copied again to reach the main process
+class _ImageLoader(DataLoader):
+    """A DataLoader whose workers send uint8 batches, normalised here (on ``device`` if given)."""
+
+    def __init__(self, *args: Any, transform: ImageTransform, device: torch.device | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.transform, self.device = transform, device
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        if self.num_workers == 0:
+            return batches
+        return (self._finish(x, y) for x, y in batches)
+
+    def _finish(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dtype != torch.uint8:
+            return x, y
+        if self.device is not None and self.device.type != "cpu":
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        for i in range(len(x)):  # image by image: each one's floats stay in the CPU cache
+            self.transform.normalize(x[i], out=out[i])
+        return out, y
+
+
+def _new_shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor in shared memory (a worker's batch reaches the main process uncopied)."""
+    elem = torch.empty(0, dtype=dtype)
+    try:  # what default_collate does
         storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
         return elem.new(storage).resize_(*shape)
     except (AttributeError, RuntimeError):
-        return torch.empty(shape)
+        return torch.empty(shape, dtype=dtype)
 
 
 def _collate_present(batch: list[Any]) -> Any:
@@ -176,7 +212,8 @@ def make_loader(
             when ``device`` is None).
         persistent_workers: None = whenever there are workers.
         prefetch_factor: batches each worker prepares ahead (None = PyTorch's default).
-        device: where the batches will be used (decides ``pin_memory``).
+        device: where the batches will be used: worker batches are moved there and normalised
+            there; decides ``pin_memory``.
 
     Returns:
         A ``DataLoader`` yielding ``(images float (B, 3, H, W), labels long (B,))``; its
@@ -193,12 +230,18 @@ def make_loader(
     if pin_memory is None:
         pin_memory = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
     extra: dict[str, Any] = {}
+    target = torch.device(device) if device is not None else None
+    if collate is not _collate_present:
+        loader_cls: type[DataLoader] = _ImageLoader
+        extra.update(transform=dataset.transform, device=target)  # type: ignore[attr-defined]
+    else:
+        loader_cls = DataLoader
     if n_workers > 0:
         extra["persistent_workers"] = True if persistent_workers is None else persistent_workers
         extra["worker_init_fn"] = _seed_worker
         if prefetch_factor is not None:
             extra["prefetch_factor"] = prefetch_factor
-    return DataLoader(
+    return loader_cls(
         view,
         batch_sampler=sampler,  # type: ignore[arg-type]
         num_workers=n_workers,

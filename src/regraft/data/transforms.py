@@ -87,6 +87,8 @@ class ImageTransform:
         per-image float copy is allocated (fresh memory costs page faults).
         """
         scale, offset = self._affine()
+        if x.device.type != "cpu":
+            scale, offset = scale.to(x.device), offset.to(x.device)
         if out is None:
             return x.to(torch.float32, copy=True).mul_(scale).add_(offset)
         return torch.mul(x, scale, out=out).add_(offset)

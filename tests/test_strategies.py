@@ -55,8 +55,8 @@ def test_each_strategy_on_resnet18(strategy: str, expected: list[str], trunk_lr:
     assert p.linear_probe_first == (strategy == "lp-ft")
     assert p.head == "fc" and p.optimizer.param_groups[0]["weight_decay"] == 0.05
     audit = p.audit()
-    assert sum(r["trainable"] + r["frozen"] for r in audit) == sum(t.numel() for t in p.model.parameters())
-    assert sum(r["trainable"] for r in audit) == p.freeze_plan.n_trainable
+    assert sum(r["trainable_params"] + r["frozen_params"] for r in audit) == sum(t.numel() for t in p.model.parameters())
+    assert sum(r["trainable_params"] for r in audit) == p.freeze_plan.n_trainable
 
 
 def test_lp_ft_is_discriminative_and_gradual_keeps_later_stages_inert() -> None:
@@ -66,7 +66,7 @@ def test_lp_ft_is_discriminative_and_gradual_keeps_later_stages_inert() -> None:
     g = plan(resnet18(), strategy="gradual", cfg=Config(epochs=5), steps_per_epoch=2, head="fc")
     assert g.unfreeze.to_list()[-1] == {"epoch": 4, "train": ["all"]}
     rows = {r["group"]: r for r in g.audit()}
-    assert rows["layer4"]["unfreeze_epoch"] == 1 and rows["layer4"]["trainable"] == 0 and rows["layer4"]["lr_now"] == 0.0
+    assert rows["layer4"]["unfreeze_epoch"] == 1 and rows["layer4"]["trainable_params"] == 0 and rows["layer4"]["lr_now"] == 0.0
     assert rows["stem"]["unfreeze_epoch"] == 4 and rows["head"]["unfreeze_epoch"] == 0
 
 
@@ -234,8 +234,8 @@ def test_audit_table_and_json() -> None:
     p = plan(resnet18(), strategy="partial", cfg=Config(), steps_per_epoch=2, head="fc")
     rows = p.audit()
     assert [r["group"] for r in rows] == ["stem", "layer1", "layer2", "layer3", "layer4", "layer4/no_decay", "head", "head/no_decay"]
-    assert rows[0] == {"group": "stem", "stage": "stem", "trainable": 0, "frozen": 9536, "lr": None, "lr_now": None,
-                       "weight_decay": None, "unfreeze_epoch": None}
+    assert rows[0] == {"group": "stem", "stage": "stem", "trainable_params": 0, "frozen_params": 9536, "lr": None,
+                       "lr_now": None, "weight_decay": 0.0, "unfreeze_epoch": None}
     json.dumps(rows)
     table = format_audit(rows)
     assert table.splitlines()[0].split() == ["group", "trainable", "frozen", "lr", "wd", "from", "epoch"]

@@ -123,8 +123,9 @@ class TrainPlan:
     def audit(self) -> list[dict[str, Any]]:
         """One row per optimizer group, and one per stage part outside the optimizer (frozen).
 
-        Rows: ``group``, ``stage``, ``trainable`` and ``frozen`` (parameter counts now),
-        ``lr`` (the group's peak LR), ``lr_now``, ``weight_decay``, ``unfreeze_epoch``.
+        Rows: ``group``, ``stage``, ``trainable_params`` and ``frozen_params`` (counts now),
+        ``lr`` (the group's peak LR; None for parts outside the optimizer), ``lr_now``,
+        ``weight_decay``, ``unfreeze_epoch`` (from 0; None = never trains).
         """
         rows: list[dict[str, Any]] = []
         in_opt: set[int] = set()
@@ -139,8 +140,8 @@ class TrainPlan:
             rest = [p for n, p in params.items() if any(under(n, e) for e in entries) and id(p) not in in_opt]
             if rest:
                 name = stage if all(r["stage"] != stage for r in rows) else f"{stage}/frozen"
-                rows.append({"group": name, "stage": stage, "trainable": 0, "frozen": sum(p.numel() for p in rest),
-                             "lr": None, "lr_now": None, "weight_decay": None, "unfreeze_epoch": None})
+                rows.append({"group": name, "stage": stage, "trainable_params": 0, "frozen_params": sum(p.numel() for p in rest),
+                             "lr": None, "lr_now": None, "weight_decay": 0.0, "unfreeze_epoch": None})
         rows += [_group_row(g) for groups in by_stage.values() for g in groups]
         return rows
 
@@ -168,8 +169,8 @@ def _group_row(group: dict[str, Any]) -> dict[str, Any]:
     return {
         "group": group.get("name", "?"),
         "stage": group.get("stage", group.get("name", "?")),
-        "trainable": sum(p.numel() for p in ps if p.requires_grad),
-        "frozen": sum(p.numel() for p in ps if not p.requires_grad),
+        "trainable_params": sum(p.numel() for p in ps if p.requires_grad),
+        "frozen_params": sum(p.numel() for p in ps if not p.requires_grad),
         "lr": group.get("base_lr", group.get("initial_lr", group["lr"])),
         "lr_now": group["lr"],
         "weight_decay": group.get("weight_decay", 0.0),
@@ -188,8 +189,9 @@ def format_audit(rows: list[dict[str, Any]]) -> str:
     lines = [header]
     for r in rows:
         start = "-" if r["unfreeze_epoch"] is None else str(r["unfreeze_epoch"] + 1)
-        lines.append(f"{r['group']:<28} {fmt(r['trainable'], 'n'):>12} {fmt(r['frozen'], 'n'):>12} "
-                     f"{fmt(r['lr'], 'f'):>9} {fmt(r['weight_decay'], 'f'):>7} {start:>10}")
+        wd = None if r["lr"] is None else r["weight_decay"]
+        lines.append(f"{r['group']:<28} {fmt(r['trainable_params'], 'n'):>12} {fmt(r['frozen_params'], 'n'):>12} "
+                     f"{fmt(r['lr'], 'f'):>9} {fmt(wd, 'f'):>7} {start:>10}")
     return "\n".join(lines)
 
 

@@ -218,7 +218,7 @@ def _steps(model: nn.Module, program: tuple[str, ...]) -> list[tuple[str, nn.Mod
         if token.startswith("<"):
             op = _op(token, model)
             if op is not None:
-                steps.append((token.strip("<>"), op))
+                steps.append((token.strip("<>"), op.train(model.training)))
         else:
             steps.extend(_expand(token, model.get_submodule(token)))
     return steps

@@ -164,13 +164,20 @@ def _static_reason(cfg: Config, plan: Any) -> str | None:
     """Why the config or the plan rules caching out before looking at the model, if they do."""
     if not cfg.feature_cache:
         return "feature_cache is false"
-    if cfg.unfreeze or cfg.strategy in ("gradual", "lp-ft") or getattr(plan, "unfreeze_schedule", None):
+    if cfg.unfreeze or cfg.strategy in ("gradual", "lp-ft") or _unfreezes_later(plan):
         return "the plan changes what is frozen during the run"
     if cfg.mixup > 0 or cfg.cutmix > 0:
         return "mixup and cutmix mix images, not features"
     if cfg.ema is not None:
         return "EMA averages the whole model's weights"
     return None
+
+
+def _unfreezes_later(plan: Any) -> bool:
+    if getattr(plan, "unfreeze", None):
+        return True
+    groups = getattr(getattr(plan, "optimizer", None), "param_groups", [])
+    return any(group.get("unfreeze_epoch", 0) > 0 for group in groups)
 
 
 def _first_images(dataset: Any, device: torch.device, n: int = 4) -> torch.Tensor:

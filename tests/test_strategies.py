@@ -70,6 +70,14 @@ def test_lp_ft_is_discriminative_and_gradual_keeps_later_stages_inert() -> None:
     assert rows["stem"]["unfreeze_epoch"] == 4 and rows["head"]["unfreeze_epoch"] == 0
 
 
+def test_gradual_wakes_a_final_norm_with_the_stage_before_it() -> None:
+    with torch.device("meta"):
+        model = timm.create_model("test_convnext", num_classes=3)
+    p = plan(model, strategy="gradual", cfg=Config(epochs=4), steps_per_epoch=2, head="head.fc")
+    assert p.unfreeze.to_list() == [{"epoch": 0, "train": ["head"]}, {"epoch": 1, "train": ["stages.3", "head.norm"]},
+                                    {"epoch": 2, "train": ["stages.2"]}, {"epoch": 3, "train": ["all"]}]
+
+
 def test_sgd_defaults_are_ten_times_adamw_and_weight_decay_follows_optimizer() -> None:
     assert default_lr("full", "sgd") == pytest.approx(10 * DEFAULT_LR["full"])
     p = plan(resnet18(), strategy="full", cfg=Config(optimizer="sgd"), steps_per_epoch=2, head="fc")

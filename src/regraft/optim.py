@@ -383,14 +383,18 @@ class UnfreezeSchedule:
         return cls(steps)
 
     @classmethod
-    def gradual(cls, stage_names: Sequence[str], *, epochs: int) -> UnfreezeSchedule:
-        """Head first, then one more stage from the top at evenly spaced epochs, the last step ``all``."""
-        events = min(len(stage_names), max(epochs - 1, 0))
+    def gradual(cls, stage_names: Sequence[str | Sequence[str]], *, epochs: int) -> UnfreezeSchedule:
+        """Head first, then one more stage from the top at evenly spaced epochs, the last step ``all``.
+
+        An item of ``stage_names`` may be a tuple of names that wake together.
+        """
+        units = [(u,) if isinstance(u, str) else tuple(u) for u in stage_names]
+        events = min(len(units), max(epochs - 1, 0))
         steps = [UnfreezeStep(0, ("head",))]
         last = 0
         for j in range(1, events + 1):
             epoch = max(last + 1, math.floor(j * epochs / (events + 1) + 0.5))
-            train = ("all",) if j == events else (stage_names[-j],)
+            train = ("all",) if j == events else units[-j]
             steps.append(UnfreezeStep(epoch, train))
             last = epoch
         return cls(steps)

@@ -232,11 +232,30 @@ def _lr_shape(strategy: str, cfg: Config) -> dict[str, Any]:
     return {"head_lr_mult": cfg.head_lr_mult, "discriminative_lr": disc, "layer_decay": cfg.layer_decay}
 
 
-def _schedule(strategy: str, cfg: Config, names: list[str]) -> UnfreezeSchedule | None:
+def _gradual_units(model: nn.Module, layout: list[tuple[str, list[str]]]) -> list[tuple[str, ...]]:
+    # a stage of norms and biases only (a final LayerNorm) wakes with the stage before it
+    params = dict(model.named_parameters())
+    units: list[tuple[str, ...]] = []
+    pending: tuple[str, ...] = ()
+    for name, entries in reversed(layout):
+        mine = [p for n, p in params.items() if any(under(n, e) for e in entries)]
+        pending = (name, *pending)
+        if any(p.ndim > 1 for p in mine):
+            units.insert(0, pending)
+            pending = ()
+    if pending:  # norm-only stages at the input side wake with the first stage
+        if units:
+            units[0] = (*pending, *units[0])
+        else:
+            units.append(pending)
+    return units
+
+
+def _schedule(strategy: str, cfg: Config, model: nn.Module, layout: list[tuple[str, list[str]]]) -> UnfreezeSchedule | None:
     if cfg.unfreeze:
         schedule = UnfreezeSchedule.parse(cfg.unfreeze)
     elif strategy == "gradual":
-        schedule = UnfreezeSchedule.gradual(names, epochs=cfg.epochs)
+        schedule = UnfreezeSchedule.gradual(_gradual_units(model, layout), epochs=cfg.epochs)
     else:
         return None
     late = [s.epoch for s in schedule.steps if s.epoch >= cfg.epochs]
@@ -269,7 +288,7 @@ def plan(model: nn.Module, *, strategy: str, cfg: Config, steps_per_epoch: int, 
     head = resolve_head(model, head)
     layout = stages(model, head=head)
     names = [n for n, _ in layout]
-    schedule = _schedule(strategy, cfg, names)
+    schedule = _schedule(strategy, cfg, model, layout)
     fplan = freeze(model, **_initial_spec(strategy, cfg, names, schedule), train_bn=cfg.train_bn, head=head)
     wake = schedule.wake_epochs(model, head=head, initial=fplan.trainable) if schedule else dict.fromkeys(fplan.trainable, 0)
     if cfg.frozen_bn:

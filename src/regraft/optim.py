@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,8 +33,9 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from regraft._stages import find_stages, under
+from regraft._unfreeze import UnfreezeSchedule, UnfreezeStep, split_by_epoch
 from regraft.errors import ConfigError, FreezeError
-from regraft.freezing import resolve_head, select
+from regraft.freezing import resolve_head
 
 __all__ = [
     "param_groups",
@@ -322,135 +322,3 @@ def build_scheduler(
         optimizer, schedule=key, total_steps=total_steps, warmup_steps=warmup_steps,
         step_size_steps=step_size_steps, gamma=gamma, unfreeze_warmup_steps=unfreeze_warmup_steps,
     )
-
-
-# ---------------------------------------------------------------------------- staged unfreezing
-
-
-@dataclass(frozen=True)
-class UnfreezeStep:
-    """From ``epoch`` (counted from 0) on, ``train`` trains too; warms up over ``warmup_epochs``."""
-
-    epoch: int
-    train: tuple[str, ...]
-    warmup_epochs: float | None = None
-
-
-_STEP_KEYS = ("epoch", "train", "warmup_epochs")
-
-
-class UnfreezeSchedule:
-    """When each part of the model starts training; each step adds to what trains already.
-
-    Example:
-        >>> s = UnfreezeSchedule.parse([{"epoch": 0, "train": "head"}, {"epoch": 2, "train": "layer4"}])
-        >>> [(st.epoch, st.train) for st in s.steps]
-        [(0, ('head',)), (2, ('layer4',))]
-    """
-
-    def __init__(self, steps: Sequence[UnfreezeStep]) -> None:
-        self.steps = tuple(sorted(steps, key=lambda s: s.epoch))
-
-    def __repr__(self) -> str:
-        return f"UnfreezeSchedule({self.to_list()!r})"
-
-    @classmethod
-    def parse(cls, entries: Sequence[Mapping[str, Any]], *, source: str = "unfreeze") -> UnfreezeSchedule:
-        """Read ``[{epoch: 0, train: head}, {epoch: 2, train: [layer4]}, ...]`` (a recipe's ``unfreeze``).
-
-        Raises:
-            ConfigError: an entry is not a mapping, has unknown keys, a negative or missing
-                epoch, or no ``train``.
-        """
-        steps = []
-        for i, entry in enumerate(entries):
-            where = f"{source}[{i}]"
-            if not isinstance(entry, Mapping):
-                raise ConfigError(f"{where}: expected a mapping like {{epoch: 2, train: layer4}}; got {entry!r}")
-            unknown = [k for k in entry if k not in _STEP_KEYS]
-            if unknown:
-                raise ConfigError(f"{where}: unknown key '{unknown[0]}'; expected {', '.join(_STEP_KEYS)}")
-            epoch, train = entry.get("epoch"), entry.get("train")
-            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-                raise ConfigError(f"{where}: 'epoch' must be an integer >= 0 (0 = the first epoch); got {epoch!r}")
-            tokens = [train] if isinstance(train, str) else train
-            if not tokens or not all(isinstance(t, str) and t.strip() for t in tokens):
-                raise ConfigError(f"{where}: 'train' must name what trains from epoch {epoch}, e.g. layer4 or all; got {train!r}")
-            warm = entry.get("warmup_epochs")
-            if warm is not None and (isinstance(warm, bool) or not isinstance(warm, (int, float)) or warm < 0):
-                raise ConfigError(f"{where}: 'warmup_epochs' must be a number >= 0; got {warm!r}")
-            steps.append(UnfreezeStep(epoch, tuple(t.strip() for t in tokens), None if warm is None else float(warm)))
-        return cls(steps)
-
-    @classmethod
-    def gradual(cls, stage_names: Sequence[str | Sequence[str]], *, epochs: int) -> UnfreezeSchedule:
-        """Head first, then one more stage from the top at evenly spaced epochs, the last step ``all``.
-
-        An item of ``stage_names`` may be a tuple of names that wake together.
-        """
-        units = [(u,) if isinstance(u, str) else tuple(u) for u in stage_names]
-        events = min(len(units), max(epochs - 1, 0))
-        steps = [UnfreezeStep(0, ("head",))]
-        last = 0
-        for j in range(1, events + 1):
-            epoch = max(last + 1, math.floor(j * epochs / (events + 1) + 0.5))
-            train = ("all",) if j == events else units[-j]
-            steps.append(UnfreezeStep(epoch, train))
-            last = epoch
-        return cls(steps)
-
-    def to_list(self) -> list[dict[str, Any]]:
-        out = []
-        for s in self.steps:
-            item: dict[str, Any] = {"epoch": s.epoch, "train": list(s.train)}
-            if s.warmup_epochs is not None:
-                item["warmup_epochs"] = s.warmup_epochs
-            out.append(item)
-        return out
-
-    def wake_epochs(self, model: nn.Module, *, head: str | None = None, initial: Iterable[str] = ()) -> dict[str, int]:
-        """The first epoch each parameter trains: 0 for ``initial`` names; absent = never trains.
-
-        Raises:
-            FreezeError: a step's ``train`` matches nothing in ``model``.
-        """
-        wake = dict.fromkeys(initial, 0)
-        for i, step in enumerate(self.steps):
-            for name in select(model, list(step.train), head=head, what=f"unfreeze[{i}]"):
-                wake.setdefault(name, step.epoch)
-        return wake
-
-    def warmup_for(self, epoch: int) -> float | None:
-        """The ``warmup_epochs`` of the step at ``epoch`` (None = the default)."""
-        return next((s.warmup_epochs for s in self.steps if s.epoch == epoch and s.warmup_epochs is not None), None)
-
-
-def split_by_epoch(groups: Sequence[dict[str, Any]], wake: Mapping[str, int], *, steps_per_epoch: int = 1,
-                   schedule: UnfreezeSchedule | None = None) -> list[dict[str, Any]]:
-    """Split ``groups`` so each holds parameters that start training in the same epoch.
-
-    Parameters missing from ``wake`` are dropped. Groups that start after epoch 0 are marked
-    ``inert`` (the scheduler keeps them at LR 0) with ``unfreeze_epoch`` and
-    ``unfreeze_warmup_steps`` (the step's ``warmup_epochs``, default one epoch). A stage split
-    across several epochs gets names like ``layer4@2``.
-    """
-    out = []
-    for group in groups:
-        by_epoch: dict[int, list[int]] = {}
-        for i, name in enumerate(group["param_names"]):
-            if name in wake:
-                by_epoch.setdefault(wake[name], []).append(i)
-        for epoch, idx in sorted(by_epoch.items()):
-            new = dict(group)
-            new["params"] = [group["params"][i] for i in idx]
-            new["param_names"] = [group["param_names"][i] for i in idx]
-            new["unfreeze_epoch"] = epoch
-            if len(by_epoch) > 1:
-                stage, sep, rest = group["name"].partition("/")
-                new["name"] = f"{stage}@{epoch}{sep}{rest}"
-            if epoch > 0:
-                warm = schedule.warmup_for(epoch) if schedule is not None else None
-                new["inert"] = True
-                new["unfreeze_warmup_steps"] = round((1.0 if warm is None else warm) * steps_per_epoch)
-            out.append(new)
-    return out

@@ -216,6 +216,23 @@ def test_mixed_views_draw_one_view_per_sample_and_epoch(toy_data):
     assert not torch.equal(ds.view, views)
 
 
+def test_with_augmentation_view_0_is_the_plain_image_and_the_rest_are_augmented(toy_data):
+    train, val = _image_datasets(toy_data, augment="light")
+    model = TV.resnet18(weights=None, num_classes=2)
+    cut = features.find_cut(model, trainable=_head_only("fc"))
+    cfg = Config(batch_size=8, augment="light", feature_views=3, seed=2)
+    tr, va = features.cache_features(cut, model, train, val, cfg=cfg, accelerator=engine.make_accelerator(device="cpu"))
+    assert tr.views == 3 and va.views == 1 and len(tr) == len(train) and len(va) == len(val)
+    plain = data.ImageDataset(train.samples, val.transform)
+    aug = data.make_loader(train, batch_size=8, shuffle=False, seed=2, workers=0)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tr.features[0], torch.cat([cut.prefix(x) for x, _ in data.make_loader(plain, batch_size=8)]))
+        for k in (1, 2):
+            aug.batch_sampler.set_epoch(k - 1)
+            torch.testing.assert_close(tr.features[k], torch.cat([cut.prefix(x) for x, _ in aug]))
+
+
 # ------------------------------------------------------------------ cached training == uncached
 
 

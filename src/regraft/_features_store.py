@@ -1,9 +1,9 @@
 """Prefix outputs computed once per image: the store, the dataset over it and its loader.
 
-Features are ``(views, n, *shape)``; view ``k`` of the training set is the augmentation the
-image loader gives at epoch ``k`` (``make_loader`` seeds each sample's crop by ``(seed, epoch,
-index)``), and epoch ``e`` trains on view ``e % views``. So with ``views >= epochs`` the cached
-path sees exactly the crops the uncached path would.
+Features are ``(views, n, *shape)``. An augmented view ``k`` of the training set is the
+augmentation the image loader gives at epoch ``k`` (``make_loader`` seeds each sample's crop by
+``(seed, epoch, index)``); an optional un-augmented view comes first. A training epoch serves
+one view per sample: drawn at random per ``(seed, epoch)``, or view ``epoch % views``.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class FeatureCache:
         store: _Store | None = None
         for view, (source, epoch) in enumerate(sources):
             if id(source) not in loaders:
-                loaders[id(source)] = make_loader(source, batch_size=batch_size, shuffle=False, seed=seed, workers=workers,
+                loaders[id(source)] = make_loader(source, batch_size=batch_size, shuffle=False, seed=seed, workers=workers, device=device,
                                                   persistent_workers=False)
             loader = loaders[id(source)]
             loader.batch_sampler.set_epoch(epoch)

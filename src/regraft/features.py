@@ -61,19 +61,20 @@ def cache_features(
     *,
     cfg: Config,
     accelerator: Any,
-    views: int | None = None,
-    clean: Any | None = None,
 ) -> tuple[FeatureCache, FeatureCache] | None:
-    """Check ``cut`` on a few validation images, then cache train (``views``) and val features.
+    """Check ``cut`` on a few validation images, then cache the training and validation features.
+
+    The training images get :func:`feature_views` views: with augmentation on, the first is
+    the image un-augmented (the validation transform) and the others are augmented (a single
+    fixed random crop per image measured worse than the plain image; docs/features.md).
 
     Args:
         cut: from :func:`find_cut` on ``model``.
         model: the unwrapped model (its modules' train/eval modes are given back afterwards).
         train_dataset, val_dataset: yield ``(image tensor, label)`` (``regraft.data.ImageDataset``).
-        cfg: ``batch_size``, ``seed``, ``workers``, ``cache_ram``, ``cache_dir``, ``feature_fp16``.
+        cfg: ``augment``, ``feature_views``, ``feature_fp16``, ``batch_size``, ``seed``,
+            ``workers``, ``cache_ram``, ``cache_dir``.
         accelerator: gives the device and the autocast context.
-        views: augmented training views (default :func:`feature_views`).
-        clean: the training images without augmentation; their features become view 0.
 
     Returns:
         ``(train_cache, val_cache)``, or None (logged) when the split model's output does not
@@ -88,19 +89,22 @@ def cache_features(
         budget = _ram_budget(cfg, (train_dataset, val_dataset))
         common = dict(batch_size=cfg.batch_size, device=device, autocast=accelerator.autocast, cache_dir=cfg.cache_dir,
                       fp16=cfg.feature_fp16, seed=cfg.seed, workers=cfg.workers)
-        views = feature_views(cfg) if views is None else views
-        train = FeatureCache.build(cut.prefix, train_dataset, views=views, clean=clean, ram_bytes=budget, **common)
+        views = feature_views(cfg)
+        clean = _clean_view(train_dataset, val_dataset) if cfg.augment != "none" else None
+        augmented = views - 1 if clean is not None else views
+        train = FeatureCache.build(cut.prefix, train_dataset, views=augmented, clean=clean, ram_bytes=budget, **common)
         val = FeatureCache.build(cut.prefix, val_dataset, views=1, ram_bytes=max(0, budget - train.nbytes), **common)
     return train, val
 
 
 def feature_loaders(
     train: FeatureCache, val: FeatureCache, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-    mix_views: bool = False,
+    mix_views: bool = True,
 ) -> tuple[FeatureLoader, FeatureLoader]:
     """Loaders over cached features with the engine's sampler (each sample once per epoch).
 
-    Epoch ``e`` trains on view ``e % views``; ``mix_views`` draws a view per sample instead.
+    Each training sample draws one of its views per epoch, seeded by ``(seed, epoch)``;
+    ``mix_views=False`` trains epoch ``e`` on view ``e % views`` instead.
     """
     from regraft._sampler import EpochBatchSampler
 
@@ -154,9 +158,7 @@ def train_with_cache(
         *caches, batch_size=cfg.batch_size, seed=cfg.seed, rank=accelerator.process_index, world_size=accelerator.num_processes
     )
     text = f"feature cache: {cut.describe()}; {caches[0].describe()}"
-    log.info(text)
-    if notify is not None:
-        notify(text)
+    (notify or log.info)(text)
     return CachedTraining(accelerator.prepare_model(cut.rest), train_loader, val_loader)
 
 
@@ -258,14 +260,10 @@ def linear_probe(
 
 def _probe(model, head, head_module, train_dataset, val_dataset, *, cfg, accelerator, settings, callbacks):
     cut = find_cut(model, head=head) if cfg.feature_cache else None
-    caches = None
-    if cut is not None:
-        clean = _clean_view(train_dataset, val_dataset) if cfg.augment != "none" else None
-        views = feature_views(cfg) - (1 if clean is not None else 0)
-        caches = cache_features(cut, model, train_dataset, val_dataset, cfg=cfg, accelerator=accelerator, views=views, clean=clean)
+    caches = cache_features(cut, model, train_dataset, val_dataset, cfg=cfg, accelerator=accelerator) if cut else None
     device = accelerator.device
     if cut is not None and caches is not None:
-        train_loader, val_loader = feature_loaders(*caches, batch_size=cfg.batch_size, seed=cfg.seed, mix_views=True)
+        train_loader, val_loader = feature_loaders(*caches, batch_size=cfg.batch_size, seed=cfg.seed)
         text = f"linear probe on cached features: {cut.describe()}; {caches[0].describe()}"
         for cb in callbacks:
             cb.on_message(text)

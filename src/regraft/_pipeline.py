@@ -91,6 +91,8 @@ def setup(
     if cfg.mixup > 0 or cfg.cutmix > 0:
         batch_transform = data.mixup_cutmix(len(classes), mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
     card = model_card(cfg, ref=ref, head=head, classes=classes, data_config=dcfg, strategy=strategy)
+    # FrozenBatchNorm2d has no num_batches_tracked: a rebuilt model must swap the same layers
+    card["architecture"]["frozen_bn"] = list(getattr(plan.freeze_plan, "bn_swapped", None) or [])
     return Setup(
         ref=ref, model=model, head=head, classes=classes, splits=splits, data_config=dcfg,
         train_dataset=train_ds, val_dataset=val_ds, train_loader=train_loader, val_loader=val_loader,
@@ -174,18 +176,6 @@ def model_card(cfg: Config, *, ref: zoo.ModelRef, head: str, classes: list[str],
     }
 
 
-def format_audit(rows: list[dict[str, Any]]) -> list[str]:
-    """The freeze audit as aligned text lines (group, trainable, frozen, lr, weight decay)."""
-    lines = [f"{'group':<24} {'trainable':>12} {'frozen':>12} {'lr':>10} {'wd':>8}"]
-    for r in rows:
-        lr = r.get("lr")
-        lines.append(
-            f"{str(r.get('group', r.get('name', '?'))):<24} {r.get('trainable_params', 0):>12,} "
-            f"{r.get('frozen_params', 0):>12,} {lr if lr is None else f'{lr:.2e}':>10} {r.get('weight_decay', 0):>8.2g}"
-        )
-    return lines
-
-
 def announce(setup: Setup, notify: Callable[[str], None]) -> None:
     """Tell the user what was loaded and what trains, before the first step."""
     if setup.load_report is not None:
@@ -194,7 +184,7 @@ def announce(setup: Setup, notify: Callable[[str], None]) -> None:
     if setup.surgery_diff is not None:
         for line in setup.surgery_diff.format_lines():
             notify(line)
-    for line in format_audit(setup.plan.audit()):
+    for line in setup.plan.describe().splitlines():
         notify(line)
 
 

@@ -239,7 +239,9 @@ def evaluate(
         logits = torch.cat(all_logits) if all_logits else torch.zeros(0)
         targets = torch.cat(all_targets) if all_targets else torch.zeros(0, dtype=torch.long)
         if accelerator is not None and accelerator.num_processes > 1:
-            parts = accelerator.gather_object([(logits, targets)])
+            from accelerate.utils import gather_object
+
+            parts = gather_object([(logits, targets)])
             logits = torch.cat([p[0] for p in parts])
             targets = torch.cat([p[1] for p in parts])
         result.logits, result.targets = logits, targets

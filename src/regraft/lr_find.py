@@ -87,7 +87,7 @@ def lr_find(
         after_train_mode(model)
     try:
         batches = itertools.cycle(loader) if num_steps > 0 else iter(())
-        for step, (x, y) in zip(range(num_steps), batches):
+        for step, (x, y) in zip(range(num_steps), batches, strict=False):
             lr = start_lr * (end_lr / start_lr) ** (step / max(num_steps - 1, 1))
             for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
                 group["lr"] = lr * ratio

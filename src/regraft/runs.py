@@ -285,6 +285,10 @@ def build_model_from_card(card: dict[str, Any], *, model: nn.Module | None = Non
     ops = arch.get("surgery") or []
     if ops:
         surgery.apply(model, ops, input_size=tuple(card["preprocessing"]["input_size"]))
+    if arch.get("frozen_bn"):
+        from regraft.freezing import swap_frozen_bn
+
+        swap_frozen_bn(model, arch["frozen_bn"])
     return model
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from regraft import engine, zoo
+from regraft import engine
 from regraft.config import Config
 from regraft.errors import ConfigError, Interrupted
 from regraft.runs import RunDir

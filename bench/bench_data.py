@@ -215,9 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     if not args.no_write:
         results = HERE / "RESULTS.md"
-        prefix = "" if not results.exists() else ("\n" if results.read_text().endswith("\n") else "\n\n")
+        if results.exists():
+            prefix = "\n" if results.read_text().endswith("\n") else "\n\n"
+        else:
+            prefix = "# Benchmarks\n\n"
         with results.open("a") as fh:
-            fh.write(("# Benchmarks\n\n" if not results.exists() else prefix) + text)
+            fh.write(prefix + text)
     return 0
 
 

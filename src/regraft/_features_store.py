@@ -130,8 +130,10 @@ class FeatureCache:
         store: _Store | None = None
         for view, (source, epoch) in enumerate(sources):
             if id(source) not in loaders:
-                loaders[id(source)] = make_loader(source, batch_size=batch_size, shuffle=False, seed=seed, workers=workers, device=device,
-                                                  persistent_workers=False)
+                loaders[id(source)] = make_loader(
+                    source, batch_size=batch_size, shuffle=False, seed=seed, workers=workers, device=device,
+                    persistent_workers=False,
+                )
             loader = loaders[id(source)]
             loader.batch_sampler.set_epoch(epoch)
             pos = 0
@@ -139,7 +141,8 @@ class FeatureCache:
                 with autocast() if autocast is not None else contextlib.nullcontext():
                     out = prefix(x.to(device, non_blocking=True))
                 if store is None:
-                    store = _Store(len(sources), len(dataset), tuple(out.shape[1:]), fp16=fp16, ram_bytes=ram_bytes, cache_dir=cache_dir)
+                    store = _Store(len(sources), len(dataset), tuple(out.shape[1:]), fp16=fp16,
+                                   ram_bytes=ram_bytes, cache_dir=cache_dir)
                 store.put(view, pos, out, y)
                 pos += len(y)
             if store is None:

@@ -294,6 +294,17 @@ def test_large_jpeg_draft_decode_gives_the_exact_target_size(tmp_path):
     assert decode_resized(path.read_bytes(), name="x", resize=ResizeSpec(exact=(20, 30))).shape == (20, 30, 3)
 
 
+def test_banners_are_cropped_to_4_to_1_before_resizing(tmp_path):
+    banner = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 400, 3), dtype=np.uint8))
+    tf = build_transforms(SMALL, train=False)
+    assert tf.pre(banner).shape == (36, 144, 3)  # not (36, 720, 3)
+    banner.save(tmp_path / "banner.png")
+    assert tf.load(str(tmp_path / "banner.png")).shape == (3, 32, 32)
+    full = v2.Compose([v2.PILToTensor(), v2.Resize(36, antialias=True), v2.CenterCrop(32)])(banner)
+    ours = tf.post(tf.pre(banner))
+    assert (ours.float() - full.float()).abs().mean() < 2  # the centre is the same picture
+
+
 # ----------------------------------------------------------------------------- transforms
 
 

@@ -32,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from regraft.errors import ConfigError, DataError
 
-__all__ = ["ImageDecodeError", "ResizeSpec", "read_image_bytes", "probe_image", "decode_image", "load_image", "decode_resized", "to_rgb"]
+__all__ = ["ImageDecodeError", "ResizeSpec", "read_image_bytes", "probe_image", "decode_image", "load_image", "decode_resized", "resize_image", "to_rgb", "MAX_ASPECT"]
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -40,6 +40,7 @@ _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
 }
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+MAX_ASPECT = 4.0  # longer side / shorter side kept by the resize stage (see resize_image)
 
 
 class ImageDecodeError(DataError):
@@ -174,14 +175,47 @@ def decode_resized(data: bytes, *, name: str, resize: ResizeSpec) -> np.ndarray:
     width, height = probe.size
     if _orientation(probe) in (5, 6, 7, 8):
         width, height = height, width
-    tw, th = resize.target(width, height)
+    tw, th = resize.target(*_capped(width, height, resize))
     img = decode_image(data, name=name, draft=(max(tw, th), max(tw, th)))
+    return resize_image(img, resize, source_size=(width, height))
+
+
+def resize_image(img: Image.Image, resize: ResizeSpec, *, source_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Resize an upright RGB image per ``resize``: an ``(H, W, 3)`` uint8 array.
+
+    Images longer than :data:`MAX_ASPECT` times their shorter side (banners, panoramas) are first
+    cropped to that ratio around their centre, so that one of them cannot become a 256 x 50000
+    array; the centre crop of evaluation is unaffected.
+
+    Args:
+        img: the decoded image (possibly draft-scaled).
+        resize: the resize stage.
+        source_size: ``(width, height)`` of the full-size upright image when ``img`` was decoded
+            at a reduced scale (the target is computed from it, so the scale does not matter).
+    """
+    width, height = source_size or img.size
     if (img.width > img.height) != (width > height) and width != height:
-        # the orientation tag was only visible after decoding (PNG eXIf after the pixels)
-        tw, th = resize.target(height, width)
-    if img.size != (tw, th):
-        img = img.resize((tw, th), resample=_RESAMPLE[resize.interpolation])
+        width, height = height, width  # the orientation tag was only seen after decoding (PNG eXIf)
+    cw, ch = _capped(width, height, resize)
+    if (cw, ch) != (width, height):
+        keep_w, keep_h = img.width * cw / width, img.height * ch / height
+        left, top = (img.width - keep_w) / 2, (img.height - keep_h) / 2
+        img = img.crop((round(left), round(top), round(left + keep_w), round(top + keep_h)))
+    target = resize.target(cw, ch)
+    if img.size != target:
+        img = img.resize(target, resample=_RESAMPLE[resize.interpolation])
     return np.array(img, dtype=np.uint8)
+
+
+def _capped(width: int, height: int, resize: ResizeSpec) -> tuple[int, int]:
+    """``(width, height)`` cropped to at most MAX_ASPECT : 1 (only for shorter-side resizing)."""
+    if resize.shorter is None:
+        return width, height
+    if width > MAX_ASPECT * height:
+        return int(height * MAX_ASPECT), height
+    if height > MAX_ASPECT * width:
+        return width, int(width * MAX_ASPECT)
+    return width, height
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from regraft.data.imageio import _RESAMPLE, ResizeSpec, decode_resized, read_image_bytes, to_rgb
+from regraft.data.imageio import ResizeSpec, decode_resized, read_image_bytes, resize_image, to_rgb
 from regraft.errors import ConfigError
 
 __all__ = ["AUGMENTS", "ImageTransform", "build_transforms", "mixup_cutmix", "DataConfigLike"]
@@ -66,11 +66,7 @@ class ImageTransform:
 
     def pre(self, img: Image.Image) -> np.ndarray:
         """Resize an RGB PIL image per ``resize``: an ``(H, W, 3)`` uint8 array."""
-        img = to_rgb(img)
-        target = self.resize.target(*img.size)
-        if img.size != target:
-            img = img.resize(target, resample=_RESAMPLE[self.resize.interpolation])
-        return np.array(img, dtype=np.uint8)
+        return resize_image(to_rgb(img), self.resize)
 
     def post(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Crop (and augment) an ``(H, W, 3)`` uint8 image: a ``(3, h, w)`` uint8 tensor."""

@@ -200,15 +200,50 @@ def write_run_start(run: RunDir, cfg: Config, setup: Setup) -> None:
         run.write_json("surgery.json", setup.surgery_diff.to_dict())
 
 
-def linear_probe(cfg: Config, setup: Setup, *, accelerator: Any, notify: Callable[[str], None], callbacks) -> None:
-    """lp-ft stage one: fit the new head on the frozen trunk's features (regraft.features)."""
-    from regraft import features
+def linear_probe(cfg: Config, setup: Setup, *, accelerator: Any, run: RunDir, notify: Callable[[str], None], callbacks) -> Any:
+    """lp-ft stage one: fit the new head on the frozen trunk's features (regraft.features).
 
+    The probed model is a candidate like any fine-tuning epoch: it is evaluated on the images,
+    saved as the best weights so far and checkpointed, so fine-tuning must beat it to replace
+    it, and a run stopped during fine-tuning resumes without probing again.
+
+    Returns:
+        The :class:`~regraft.engine.FitState` fine-tuning starts from (the probe's rows in its history).
+    """
+    from regraft import engine, features
+
+    model = accelerator.unwrap_model(setup.model)
     result = features.linear_probe(
-        accelerator.unwrap_model(setup.model), head=setup.head, train_dataset=setup.train_dataset,
+        model, head=setup.head, train_dataset=setup.train_dataset,
         val_dataset=setup.val_dataset, cfg=cfg, accelerator=accelerator, callbacks=callbacks,
     )
     notify(result.message)
+    val = engine.evaluate(setup.model, setup.val_loader, accelerator=accelerator, channels_last=cfg.channels_last)
+    state = engine.FitState(
+        history=list(result.history), best_val_acc=val.accuracy, best_val_loss=val.loss,
+        best_epoch=0, train_seconds=result.seconds,
+    )
+    if accelerator.is_main_process:
+        run.save_weights(model)
+        engine.save_checkpoint(run, accelerator, model, setup.plan, state, {"config": cfg.to_dict(), "probe_done": True})
+    accelerator.wait_for_everyone()
+    return state
+
+
+def cached_training(cfg: Config, setup: Setup, *, accelerator: Any, notify: Callable[[str], None]):
+    """``(module, train_loader, val_loader, save_model)`` for fit: over cached features of the
+    frozen prefix when the plan allows (strategies head/partial), else the full model."""
+    from regraft import features
+
+    if not setup.plan.linear_probe_first:
+        cached = features.train_with_cache(
+            accelerator.unwrap_model(setup.model), plan=setup.plan, train_dataset=setup.train_dataset,
+            val_dataset=setup.val_dataset, cfg=cfg, accelerator=accelerator, head=setup.head, notify=notify,
+        )
+        if cached is not None:
+            module, train_loader, val_loader = cached
+            return module, train_loader, val_loader, setup.model
+    return setup.model, setup.train_loader, setup.val_loader, None
 
 
 def finish(cfg: Config, setup: Setup, state: Any, *, run: RunDir, accelerator: Any, wall_seconds: float) -> dict[str, Any]:
@@ -230,7 +265,8 @@ def finish(cfg: Config, setup: Setup, state: Any, *, run: RunDir, accelerator: A
         "weights": cfg.weights,
         "strategy": cfg.strategy,
         "epochs": state.epoch,
-        "best_epoch": state.best_epoch,
+        "probe_epochs": sum(1 for r in state.history if r.get("stage") == "probe"),
+        "best_epoch": state.best_epoch,  # 0 = the linear probe's head, before fine-tuning
         "best_val_acc": final.accuracy,
         "best_val_loss": final.loss,
         "final_val_acc": state.history[-1]["val_acc"] if state.history else None,

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from regraft.runs import RunDir
 
-__all__ = ["Callback", "EpochResult", "EvalResult", "FitState", "WeightEMA", "make_accelerator", "fit", "evaluate", "restore", "seed_everything"]
+__all__ = ["Callback", "EpochResult", "EvalResult", "FitState", "WeightEMA", "make_accelerator", "fit", "evaluate", "restore", "save_checkpoint", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ def fit(
             extra = dict(checkpoint_extra or {})
             if ema is not None:
                 extra["ema"] = ema.state_dict()
-            _save_checkpoint(run, accelerator, target, plan, state, extra)
+            save_checkpoint(run, accelerator, target, plan, state, extra)
         if accelerator.trackers:
             accelerator.log({k: v for k, v in result.to_row().items() if isinstance(v, (int, float))}, step=epoch + 1)
         accelerator.wait_for_everyone()
@@ -439,7 +439,7 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def _save_checkpoint(run: RunDir, accelerator: Accelerator, model: nn.Module, plan: Any, state: FitState, extra: dict | None) -> None:
+def save_checkpoint(run: RunDir, accelerator: Accelerator, model: nn.Module, plan: Any, state: FitState, extra: dict | None) -> None:
     from regraft.runs import save_checkpoint
 
     payload = {

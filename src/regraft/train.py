@@ -115,12 +115,13 @@ def train(
         state = engine.restore(load_checkpoint(run.checkpoint), model=setup.model, plan=setup.plan, accelerator=accelerator, ema=setup.ema)
         notify(f"resuming {run.path} after epoch {state.epoch} of {cfg.epochs}")
     elif setup.plan.linear_probe_first:
-        pipeline.linear_probe(cfg, setup, accelerator=accelerator, notify=notify, callbacks=callbacks)
+        state = pipeline.linear_probe(cfg, setup, accelerator=accelerator, run=run, notify=notify, callbacks=callbacks)
+    module, train_loader, val_loader, save_model = pipeline.cached_training(cfg, setup, accelerator=accelerator, notify=notify)
 
     t0 = time.perf_counter()
     try:
         state = engine.fit(
-            setup.model, setup.plan, setup.train_loader, setup.val_loader,
+            module, setup.plan, train_loader, val_loader, save_model=save_model,
             epochs=cfg.epochs, accelerator=accelerator, run=run, seed=cfg.seed, state=state,
             label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, patience=cfg.patience,
             channels_last=cfg.channels_last, batch_transform=setup.batch_transform,

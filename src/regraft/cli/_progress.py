@@ -29,7 +29,9 @@ class PlainProgress(Callback):
         self.epochs = epochs
 
     def on_epoch_end(self, result: EpochResult) -> None:
-        print(epoch_line(result, self.epochs), file=self.stream, flush=True)
+        # the linear probe's many cheap epochs are summed up in one message instead
+        if result.stage != "probe":
+            print(epoch_line(result, self.epochs), file=self.stream, flush=True)
 
     def on_message(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -73,7 +75,8 @@ class RichProgress(PlainProgress):
             self.progress.update(self.task, completed=step, loss=shown)
 
     def on_epoch_end(self, result: EpochResult) -> None:
-        self.progress.console.print(epoch_line(result, self.epochs), highlight=False)
+        if result.stage != "probe":
+            self.progress.console.print(epoch_line(result, self.epochs), highlight=False)
         if result.epoch >= self.epochs:
             self.close()
 

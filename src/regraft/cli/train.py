@@ -132,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, callbacks=callbacks, resume=bool(args.resume))
     if not args.quiet:
         s = result.summary
-        print(
-            f"best val acc {s['best_val_acc']:.4f} at epoch {s['best_epoch']} of {s['epochs']} "
-            f"({s['train_seconds']:.1f}s training); run folder: {result.run.path}"
-        )
+        where = "from the linear probe (fine-tuning did not beat it)" if s["best_epoch"] == 0 else f"at epoch {s['best_epoch']} of {s['epochs']}"
+        print(f"best val acc {s['best_val_acc']:.4f} {where} ({s['train_seconds']:.1f}s training); run folder: {result.run.path}")
     return 0

@@ -56,6 +56,9 @@ def setup(
     if len(classes) < 2:
         raise DataError(f"{cfg.data}: found {len(classes)} class ({', '.join(classes)}); a classifier needs at least 2 class folders")
     notify(f"data: {len(splits.train)} training and {len(splits.val)} validation images in {len(classes)} classes ({splits.layout})")
+    unreadable = data.check_readable(splits)  # raises when a class has no readable image
+    if unreadable:
+        notify(f"{len(unreadable)} unreadable file(s) will be skipped and listed in skipped_files.txt: {', '.join(unreadable[:3])}{' ...' if len(unreadable) > 3 else ''}")
 
     if model is None:
         ref = zoo.resolve(cfg.model)
@@ -145,7 +148,7 @@ def _loaders(cfg: Config, splits: Any, dcfg: zoo.DataConfig, *, accelerator: Any
     train_tf = data.build_transforms(dcfg, train=True, augment=cfg.augment)
     val_tf = data.build_transforms(dcfg, train=False)
     train_ds = data.ImageDataset(splits.train, train_tf, cache=cache, skip_log=skip_log)
-    val_ds = data.ImageDataset(splits.val, val_tf, cache=cache, skip_log=skip_log)
+    val_ds = data.ImageDataset(splits.val, val_tf, cache=cache, skip_log=skip_log, on_error="drop")
     rank, world = accelerator.process_index, accelerator.num_processes
     loaders = []
     for ds, shuffle in ((train_ds, True), (val_ds, False)):

@@ -69,7 +69,7 @@ class Config:
     cache_ram: str | None = None  # RAM budget for caches, e.g. "4G" (None = a quarter of available)
     cache_dir: str | None = None  # where memory-mapped caches spill (None = ~/.cache/regraft)
     feature_cache: bool = True  # compute a frozen prefix once per image when the plan allows
-    feature_views: int = 1  # augmented views cached per image when augmentation is on
+    feature_views: int = 1  # views cached per training image: the plain image + feature_views-1 augmented
     feature_fp16: bool = False
     # --- weights loading
     rename: dict[str, str] = field(default_factory=dict)  # OLD=NEW key patterns
@@ -106,7 +106,7 @@ class Config:
     step_size: int = 3  # schedule step: epochs between decays
     gamma: float = 0.1
     lp_epochs: int = 50  # lp-ft: max head-only epochs on cached features
-    lp_lr: float | None = None
+    lp_lr: float | None = None  # lp-ft probe LR (None = 1e-2, AdamW)
     # --- engine
     precision: str = "auto"  # auto = bf16 on a GPU that supports it, fp32 on CPU
     channels_last: bool = False

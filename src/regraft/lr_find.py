@@ -36,16 +36,29 @@ class LRFindResult:
 
 
 def suggest_lr(lrs: list[float], losses: list[float]) -> float:
-    """The LR of steepest descent of the smoothed loss, searched before the loss's minimum."""
+    """The LR two-thirds of the way down the stretch where the smoothed loss falls the most.
+
+    A "stretch" is a run of steps over which the loss keeps falling (rises smaller than 1% of the
+    loss range are treated as noise). Picking inside the largest fall, rather than the single
+    steepest step, keeps the first noisy steps of the ramp from winning.
+    """
     if len(lrs) < 3:
         raise TrainingError("lr-find recorded fewer than 3 steps: use more images or a smaller --batch-size")
-    loss = np.asarray(losses)
-    log_lr = np.log10(np.asarray(lrs))
-    stop = int(np.argmin(loss))
-    if stop < 2:
-        return float(lrs[max(stop, 0)] / 10)
-    grad = np.gradient(loss[: stop + 1], log_lr[: stop + 1])
-    return float(lrs[int(np.argmin(grad))])
+    loss = np.asarray(losses, dtype=float)
+    tolerance = 0.01 * (loss.max() - loss.min() + 1e-12)
+    best_drop, best = 0.0, (0, int(np.argmin(loss)))
+    start = 0
+    for i in range(1, len(loss) + 1):
+        if i == len(loss) or loss[i] > loss[i - 1] + tolerance:
+            low = start + int(np.argmin(loss[start:i]))
+            drop = loss[start] - loss[low]
+            if drop > best_drop:
+                best_drop, best = drop, (start, low)
+            start = i
+    lo, hi = best
+    if hi <= lo:  # the loss never fell: a tenth of the LR at the lowest loss
+        return float(lrs[int(np.argmin(loss))] / 10)
+    return float(lrs[lo + int(round((hi - lo) * 2 / 3))])
 
 
 def lr_find(

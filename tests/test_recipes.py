@@ -131,6 +131,12 @@ def run_doc(name: str, constants: dict[str, Any], monkeypatch, cwd: Path, *, tra
     return namespace, calls
 
 
+def drop_weights(run: Path) -> None:
+    """VGG runs leave ~2 GB of weights and checkpoint; pytest keeps its last temp folders."""
+    (run / "model.safetensors").unlink()
+    (run / "checkpoints" / "last.pt").unlink()
+
+
 def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     with safe_open(str(path), "pt") as f:
         names = f.keys()  # a safe_open handle is not iterable itself
@@ -194,6 +200,7 @@ def test_vgg19_two_ways(tmp_path, monkeypatch) -> None:
     assert {r["lr"] for r in full if r["stage"] == "head"} == {5e-4}
     assert {r["lr"] for r in full if r["stage"] != "head"} == {5e-5}
     assert sum(r["trainable_params"] for r in full) == sum(p.numel() for p in ns["model"].parameters())
+    drop_weights(run)
 
 
 # ---------------------------------------------------------------------------- 2. VGG-16 to 10 classes
@@ -248,6 +255,7 @@ def test_vgg16_cifar10(tmp_path, monkeypatch) -> None:
     assert (group["lr"], group["momentum"], len(ns["optimizer"].param_groups)) == (0.001, 0.9, 1)
     assert len(ns["losses"]) == 1 and math.isfinite(ns["losses"][0])
     assert [settings(c) for c in calls] == [settings(recipe("vgg16_cifar10", weights="none"))]
+    drop_weights(run)
 
 
 # ---------------------------------------------------------------------------- 3. ResNet-18, hot dog

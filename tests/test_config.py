@@ -57,3 +57,10 @@ def test_parse_override():
     assert parse_override("head_hidden=[256, 128]") == ("head_hidden", [256, 128])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("nothing")
+
+
+def test_explicit_none_clears_a_recipe_key(tmp_path: Path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: vgg16\nfreeze_to: features\n")
+    assert load_config(recipe, {"freeze_to": None}).freeze_to == "features"  # a flag not given
+    assert load_config(recipe, {}, explicit={"freeze_to": None}).freeze_to is None  # --set freeze_to=null

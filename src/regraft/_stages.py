@@ -230,8 +230,11 @@ def _fallback(model: nn.Module, head: str | None) -> list[Stage]:
     out: list[Stage] = []
     children = [(n, m) for n, m in model.named_children() if has_params(m)]
     for name, child in children:
+        # a container that holds the head beside other layers (a neck) is opened, so the neck
+        # gets a stage of its own rather than sharing the head's name
+        holds_head = head is not None and head != name and head.startswith(name + ".")
         opens = isinstance(child, (nn.Sequential, nn.ModuleList)) and (
-            name in _BLOCK_CONTAINERS or isinstance(model, nn.Sequential) or len(children) == 1
+            name in _BLOCK_CONTAINERS or isinstance(model, nn.Sequential) or len(children) == 1 or holds_head
         )
         if opens:
             out.extend((f"{name}.{n}", [f"{name}.{n}"]) for n, m in child.named_children() if has_params(m))

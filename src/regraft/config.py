@@ -144,10 +144,15 @@ class Config:
         cfg.validate(source=source)
         return cfg
 
-    def merged(self, overrides: dict[str, Any], *, source: str = "flags") -> Config:
-        """A new Config with ``overrides`` (already-parsed values, None = not given) applied."""
+    def merged(self, overrides: dict[str, Any], *, source: str = "flags", explicit: dict[str, Any] | None = None) -> Config:
+        """A new Config with ``overrides`` applied (None = not given, so the value is kept).
+
+        ``explicit`` values are applied as they are, None included: ``--set freeze_to=null``
+        clears a recipe's key.
+        """
         values = self.to_dict()
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update(explicit or {})
         return Config.from_dict(values, source=source)
 
     def validate(self, *, source: str = "config") -> None:
@@ -184,13 +189,16 @@ class Config:
         return cls.from_dict(_read_yaml(path), source=str(path))
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Recipe file (optional) + flag overrides -> validated Config. Flags win over the file."""
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None, *, explicit: dict[str, Any] | None = None) -> Config:
+    """Recipe file (optional) + flag overrides -> validated Config. Flags win over the file.
+
+    ``overrides`` skip None (a flag not given); ``explicit`` (``--set``) apply None too.
+    """
     base = _read_yaml(path) if path else {}
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     cfg = Config.from_dict(base, source=str(path) if path else "config")
-    return cfg.merged(overrides or {}) if overrides else cfg
+    return cfg.merged(overrides or {}, explicit=explicit) if (overrides or explicit) else cfg
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -100,9 +100,10 @@ def config_from_args(args: argparse.Namespace):
         overrides["rename"] = dict(_split_pair(r, "--rename") for r in args.rename)
     if getattr(args, "skip", None):
         overrides["skip"] = list(args.skip)
+    explicit: dict[str, Any] = {}
     for item in getattr(args, "set", None) or []:
         key, value = parse_override(item)
-        overrides[key] = value
+        explicit[key.replace("-", "_")] = value
     if args.resume:
         if args.config:
             raise ConfigError("--resume continues a run with its own config; drop --config")
@@ -111,7 +112,7 @@ def config_from_args(args: argparse.Namespace):
             raise ConfigError(f"cannot resume {args.resume}: it has no config.yaml (is it a run folder?)")
         cfg = Config.from_yaml(recipe)
         return cfg.merged({"out": args.resume, **{k: v for k, v in overrides.items() if k in ("device", "workers", "cache_ram")}})
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, explicit=explicit)
 
 
 def _split_pair(text: str, flag: str) -> tuple[str, str]:

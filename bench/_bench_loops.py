@@ -1,10 +1,18 @@
-"""The timed loops of bench/throughput.py: each returns a :class:`Rate` for one side of one row."""
+"""The contestants of bench/throughput.py: each runs rounds of timed steps on one side of one row.
+
+A machine shared with other jobs drifts: one contestant timed after another would compare two
+different machines. So every contestant is built once and then runs short rounds in turn
+(plain, regraft, regraft, plain, ...); in each round the first step is untimed (a new epoch's
+iterator, caches) and the next ``steps`` are timed.
+"""
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import _plain as plain
 import torch
@@ -29,8 +37,24 @@ class Rate:
     def cpu_per_image(self) -> float:
         return self.cpu / self.images if self.images else float("nan")
 
+    def __add__(self, other: Rate) -> Rate:
+        return Rate(self.images + other.images, self.wall + other.wall, self.cpu + other.cpu)
+
     def describe(self) -> str:
         return f"{self.rate:8.2f} images/s  {self.cpu_per_image:.3f} CPU s/image  ({self.images} images in {self.wall:.1f} s)"
+
+
+@dataclass
+class Setting:
+    model: str
+    batch: int
+    img: int
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+    workers: int
+    folder: Path
+    tmp: Path
 
 
 class StepTimer(Callback):
@@ -42,7 +66,7 @@ class StepTimer(Callback):
         self.end: tuple[float, float] | None = None
 
     def tick(self, step: int) -> None:  # step counted from 0
-        if step == self.warmup - 1 or step == self.warmup + self.steps - 1:
+        if step in (self.warmup - 1, self.warmup + self.steps - 1):
             _sync(self.device)
             mark = (time.perf_counter(), _cpu_now())
             if step == self.warmup - 1:
@@ -51,8 +75,7 @@ class StepTimer(Callback):
                 self.end = mark
 
     def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None:
-        if epoch == 1:
-            self.tick(step - 1)
+        self.tick(step - 1)
 
     def rate(self) -> Rate:
         if self.start is None or self.end is None:
@@ -63,6 +86,14 @@ class StepTimer(Callback):
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device, images: int) -> Rate:
+    _sync(device)
+    w0, c0 = time.perf_counter(), _cpu_now()
+    fn()
+    _sync(device)
+    return Rate(images, time.perf_counter() - w0, _cpu_now() - c0)
 
 
 class Cycling:
@@ -78,165 +109,177 @@ class Cycling:
         return (self.batches[i % len(self.batches)] for i in range(self.total))
 
 
-def memory_batches(folder: Path, *, n_distinct: int, batch: int, img: int, device: torch.device, model_name: str):
-    """A few training batches (tutorial transforms), decoded once and moved to ``device``."""
-    mean, std = plain.norm_for(model_name)
-    loader, _, _ = plain.loaders(folder, img=img, mean=mean, std=std, batch_size=batch, workers=0)
+class Limited:
+    """The first ``n`` batches of a loader; keeps its ``batch_sampler`` (the engine sets its epoch)."""
+
+    def __init__(self, loader: Any, n: int) -> None:
+        self.loader, self.n = loader, n
+        self.batch_sampler = getattr(loader, "batch_sampler", None)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.n)
+
+
+def memory_batches(s: Setting, n_distinct: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A few training batches (tutorial transforms), decoded once and moved to the device."""
+    mean, std = plain.norm_for(s.model)
+    loader, _, _ = plain.loaders(s.folder, img=s.img, mean=mean, std=std, batch_size=s.batch, workers=0)
     out = []
     for x, y in loader:
         if len(out) == n_distinct:
             break
-        if len(y) == batch:
-            out.append((x.to(device), y.to(device)))
+        if len(y) == s.batch:
+            out.append((x.to(s.device), y.to(s.device)))
     return out
 
 
-def _plain_model(model_name: str, device: torch.device, channels_last: bool) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = plain.build(model_name, NUM_CLASSES).to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+# ------------------------------------------------------------------ the plain side
 
 
-def _opts(device: torch.device, bf16: bool, channels_last: bool) -> plain.LoopOptions:
-    return plain.LoopOptions(device=device, bf16=bf16, channels_last=channels_last)
+class PlainTrain:
+    """The tutorial loop, from the JPEG folder (``ImageFolder``) or from resident batches."""
+
+    def __init__(self, s: Setting, batches: list | None = None) -> None:
+        torch.manual_seed(0)
+        self.s, self.batches = s, batches
+        model = plain.build(s.model, NUM_CLASSES).to(s.device)
+        self.model = model.to(memory_format=torch.channels_last) if s.channels_last else model
+        self.optimizer = plain.sgd(self.model)
+        self.opts = plain.LoopOptions(device=s.device, bf16=s.bf16, channels_last=s.channels_last)
+        if batches is None:
+            mean, std = plain.norm_for(s.model)
+            self.loader, self.val_loader, _ = plain.loaders(s.folder, img=s.img, mean=mean, std=std, batch_size=s.batch,
+                                                            workers=s.workers, pin=s.device.type == "cuda", val="train")
+
+    def round(self, steps: int) -> Rate:
+        timer = StepTimer(warmup=1, steps=steps, batch=self.s.batch, device=self.s.device)
+        loader = Cycling(self.batches, 1 + steps) if self.batches is not None else self.loader
+        plain.train_epoch(self.model, loader, self.optimizer, self.opts, on_step=timer.tick, max_steps=1 + steps)
+        return timer.rate()
+
+    def infer(self, steps: int) -> Rate:
+        loader = Cycling(self.batches, 1 + steps) if self.batches is not None else self.val_loader
+        plain.evaluate(self.model, loader, self.opts, max_steps=1)
+        return _timed(lambda: plain.evaluate(self.model, loader, self.opts, max_steps=steps), self.s.device, steps * self.s.batch)
 
 
-def plain_folder_train(model_name, folder, *, workers, tmp, batch, steps, warmup, img, device, bf16, channels_last) -> Rate:
-    mean, std = plain.norm_for(model_name)
-    loader, _, _ = plain.loaders(folder, img=img, mean=mean, std=std, batch_size=batch, workers=workers, pin=device.type == "cuda")
-    model = _plain_model(model_name, device, channels_last)
-    timer = StepTimer(warmup=warmup, steps=steps, batch=batch, device=device)
-    plain.train_epoch(model, loader, plain.sgd(model), _opts(device, bf16, channels_last), on_step=timer.tick, max_steps=warmup + steps)
-    return timer.rate()
+class Ceiling:
+    """Forward, backward and step on one resident batch; nothing read back until the round ends."""
 
+    def __init__(self, s: Setting, batches: list) -> None:
+        self.s = s
+        self.inner = PlainTrain(s, batches)
+        x, self.y = batches[0]
+        self.x = x.contiguous(memory_format=torch.channels_last) if s.channels_last else x
+        self.criterion = torch.nn.CrossEntropyLoss()
 
-def plain_memory_train(model_name, batches, *, batch, steps, warmup, img, device, bf16, channels_last) -> Rate:
-    model = _plain_model(model_name, device, channels_last)
-    timer = StepTimer(warmup=warmup, steps=steps, batch=batch, device=device)
-    plain.train_epoch(model, Cycling(batches, warmup + steps), plain.sgd(model), _opts(device, bf16, channels_last), on_step=timer.tick)
-    return timer.rate()
-
-
-def ceiling_train(model_name, batches, *, batch, steps, warmup, img, device, bf16, channels_last) -> Rate:
-    """Forward, backward and step on one resident batch; nothing read back until the end."""
-    model = _plain_model(model_name, device, channels_last)
-    optimizer = plain.sgd(model)
-    criterion = torch.nn.CrossEntropyLoss()
-    x, y = batches[0]
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    model.train()
-
-    def step() -> None:
+    def _step(self) -> None:
+        model, optimizer = self.inner.model, self.inner.optimizer
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = criterion(model(x), y)
+        with torch.autocast(self.s.device.type, dtype=torch.bfloat16, enabled=self.s.bf16):
+            loss = self.criterion(model(self.x), self.y)
         loss.backward()
         optimizer.step()
 
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    w0, c0 = time.perf_counter(), _cpu_now()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return Rate(steps * batch, time.perf_counter() - w0, _cpu_now() - c0)
+    def round(self, steps: int) -> Rate:
+        self.inner.model.train()
+        self._step()
+
+        def run() -> None:
+            for _ in range(steps):
+                self._step()
+
+        return _timed(run, self.s.device, steps * self.s.batch)
 
 
-def _regraft_cfg(model_name: str, *, batch: int, img: int, device: torch.device, bf16: bool, channels_last: bool, **extra):
+# ------------------------------------------------------------------ the regraft side
+
+
+def _regraft_cfg(s: Setting, **extra):
     from regraft.config import Config
 
     return Config.from_dict(dict(
-        model=model_name, weights="none", strategy="full", epochs=1, batch_size=batch, img_size=img,
-        optimizer="sgd", lr=1e-3, weight_decay=1e-4, seed=0, device=device.type,
-        precision="bf16" if bf16 else "fp32", channels_last=channels_last, **extra,
+        model=s.model, weights="none", strategy="full", epochs=1000, batch_size=s.batch, img_size=s.img,
+        optimizer="sgd", lr=1e-3, weight_decay=1e-4, seed=0, device=s.device.type, workers=s.workers,
+        precision="bf16" if s.bf16 else "fp32", channels_last=s.channels_last, **extra,
     ), source="bench")
 
 
-def regraft_folder_train(model_name, folder, *, workers, tmp, batch, steps, warmup, img, device, bf16, channels_last) -> Rate:
-    """``regraft.train.train``: the whole pipeline, decode cache on, strategy full."""
-    from regraft.train import train
+class RegraftTrain:
+    """regraft's engine (``engine.fit``, one epoch per round) with a ``strategies.plan`` (full).
 
-    cfg = _regraft_cfg(model_name, batch=batch, img=img, device=device, bf16=bf16, channels_last=channels_last,
-                       data=str(folder), workers=workers, decode_cache=True, cache_dir=str(tmp / f"cache-{model_name}"),
-                       out=str(tmp / f"run-{model_name}"), overwrite=True)
-    timer = StepTimer(warmup=warmup, steps=steps, batch=batch, device=device)
-    train(cfg, callbacks=[timer])
-    return timer.rate()
+    From JPEGs: the run's whole setup, ``regraft._pipeline.setup`` (what ``regraft.train.train``
+    runs before ``fit``: discovery, the decode cache, loaders, the plan, ``accelerator.prepare``).
+    In memory: ``zoo.build`` + ``surgery.replace_head`` + ``strategies.plan`` + ``prepare``.
+    """
 
+    def __init__(self, s: Setting, batches: list | None = None) -> None:
+        from regraft import engine
 
-def _regraft_model(model_name: str, *, img: int, device: torch.device, bf16: bool, channels_last: bool, batch: int, steps: int):
-    from regraft import engine, strategies, surgery, zoo
+        self.s, self.batches = s, batches
+        self.accelerator = engine.make_accelerator(device=s.device.type, precision="bf16" if s.bf16 else "fp32")
+        engine.seed_everything(0)
+        self.state = engine.FitState()
+        if batches is None:
+            self._from_folder()
+        else:
+            self._in_memory()
 
-    accelerator = engine.make_accelerator(device=device.type, precision="bf16" if bf16 else "fp32")
-    torch.manual_seed(0)
-    model = zoo.build(model_name)
-    head = surgery.replace_head(model, NUM_CLASSES, input_size=(3, img, img))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    cfg = _regraft_cfg(model_name, batch=batch, img=img, device=device, bf16=bf16, channels_last=channels_last)
-    plan = strategies.plan(model, strategy="full", cfg=cfg, steps_per_epoch=steps, head=head)
-    model, plan.optimizer = accelerator.prepare(model, plan.optimizer)
-    return model, plan, accelerator
+    def _from_folder(self) -> None:
+        from regraft import _pipeline
+        from regraft.runs import RunDir
 
+        cfg = _regraft_cfg(self.s, data=str(self.s.folder), decode_cache=True, cache_dir=str(self.s.tmp / f"cache-{self.s.model}"),
+                           out=str(self.s.tmp / f"run-{self.s.model}"), overwrite=True)
+        run = RunDir.prepare(cfg.out, overwrite=True)
+        setup = _pipeline.setup(cfg, strategy="full", accelerator=self.accelerator, run=run, notify=lambda text: None)
+        self.model, self.plan, self.loader = setup.model, setup.plan, setup.train_loader
+        self.after_train_mode, self.setup = setup.after_train_mode, setup
 
-def regraft_memory_train(model_name, batches, *, batch, steps, warmup, img, device, bf16, channels_last) -> Rate:
-    """``regraft.engine.fit`` with a ``strategies.plan`` (full), on resident batches."""
-    from regraft import engine
-    from regraft.freezing import apply_bn_policy
+    def _in_memory(self) -> None:
+        from regraft import strategies, surgery, zoo
+        from regraft.freezing import apply_bn_policy
 
-    model, plan, accelerator = _regraft_model(model_name, img=img, device=device, bf16=bf16, channels_last=channels_last,
-                                              batch=batch, steps=warmup + steps)
-    timer = StepTimer(warmup=warmup, steps=steps, batch=batch, device=device)
-    engine.fit(model, plan, Cycling(batches, warmup + steps), Cycling(batches, 1), epochs=1, accelerator=accelerator,
-               channels_last=channels_last, callbacks=[timer], after_train_mode=apply_bn_policy)
-    return timer.rate()
+        torch.manual_seed(0)
+        model = zoo.build(self.s.model)
+        head = surgery.replace_head(model, NUM_CLASSES, input_size=(3, self.s.img, self.s.img))
+        if self.s.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        plan = strategies.plan(model, strategy="full", cfg=_regraft_cfg(self.s), steps_per_epoch=100, head=head)
+        self.model, plan.optimizer = self.accelerator.prepare(model, plan.optimizer)
+        self.plan, self.loader, self.after_train_mode = plan, None, apply_bn_policy
 
+    def round(self, steps: int) -> Rate:
+        from regraft import engine
 
-def _timed(fn, device: torch.device, images: int) -> Rate:
-    _sync(device)
-    w0, c0 = time.perf_counter(), _cpu_now()
-    fn()
-    _sync(device)
-    return Rate(images, time.perf_counter() - w0, _cpu_now() - c0)
+        timer = StepTimer(warmup=1, steps=steps, batch=self.s.batch, device=self.s.device)
+        loader = Cycling(self.batches, 1 + steps) if self.batches is not None else Limited(self.loader, 1 + steps)
+        self.state = engine.fit(self.model, self.plan, loader, [], epochs=self.state.epoch + 1, state=self.state,
+                                accelerator=self.accelerator, channels_last=self.s.channels_last, callbacks=[timer],
+                                after_train_mode=self.after_train_mode)
+        return timer.rate()
 
+    def infer(self, steps: int) -> Rate:
+        """``engine.evaluate`` (the validation pass) in memory; ``regraft eval``'s batch loop from JPEGs."""
+        from regraft import engine
 
-def plain_memory_infer(model_name, batches, *, batch, steps, warmup, img, device, bf16, channels_last) -> Rate:
-    model, opts = _plain_model(model_name, device, channels_last), _opts(device, bf16, channels_last)
-    plain.evaluate(model, Cycling(batches, warmup), opts)
-    return _timed(lambda: plain.evaluate(model, Cycling(batches, steps), opts), device, steps * batch)
+        if self.batches is not None:
+            kw = dict(accelerator=self.accelerator, channels_last=self.s.channels_last)
+            engine.evaluate(self.model, Cycling(self.batches, 1), **kw)
+            return _timed(lambda: engine.evaluate(self.model, Cycling(self.batches, steps), **kw), self.s.device, steps * self.s.batch)
+        return self._infer_files(steps)
 
+    def _infer_files(self, steps: int) -> Rate:
+        # inference._logits is what `regraft eval` and evaluate_run run over a folder, after load_run
+        from regraft.data import build_transforms
+        from regraft.inference import _logits
 
-def regraft_memory_infer(model_name, batches, *, batch, steps, warmup, img, device, bf16, channels_last) -> Rate:
-    """``regraft.engine.evaluate`` (the validation pass) on resident batches."""
-    from regraft import engine
-
-    model, _, accelerator = _regraft_model(model_name, img=img, device=device, bf16=bf16, channels_last=channels_last, batch=batch, steps=1)
-    engine.evaluate(model, Cycling(batches, warmup), accelerator=accelerator, channels_last=channels_last)
-    return _timed(lambda: engine.evaluate(model, Cycling(batches, steps), accelerator=accelerator, channels_last=channels_last),
-                  device, steps * batch)
-
-
-def plain_folder_infer(model_name, folder, *, workers, tmp, batch, steps, warmup, img, device, bf16, channels_last) -> Rate:
-    mean, std = plain.norm_for(model_name)
-    _, loader, _ = plain.loaders(folder, img=img, mean=mean, std=std, batch_size=batch, workers=workers,
-                                 pin=device.type == "cuda", val="train")
-    model, opts = _plain_model(model_name, device, channels_last), _opts(device, bf16, channels_last)
-    plain.evaluate(model, loader, opts, max_steps=warmup)
-    return _timed(lambda: plain.evaluate(model, loader, opts, max_steps=steps), device, steps * batch)
-
-
-def regraft_folder_infer(model_name, folder, *, workers, tmp, batch, steps, warmup, img, device, bf16, channels_last) -> Rate:
-    """``regraft.inference.predict`` on the run trained by :func:`regraft_folder_train` (what
-    ``regraft predict`` does): the time for ``steps`` batches is predict(warm-up + timed files)
-    minus predict(warm-up files), so loading the run cancels out."""
-    from regraft.inference import list_images, predict
-
-    run = tmp / f"run-{model_name}"
-    files = list_images(folder / "train")
-    warm, timed = files[: warmup * batch], files[: (warmup + steps) * batch]
-    dev = device.type
-    first = _timed(lambda: predict(run, warm, batch_size=batch, device=dev), device, len(warm))
-    both = _timed(lambda: predict(run, timed, batch_size=batch, device=dev), device, len(timed))
-    return Rate(len(timed) - len(warm), both.wall - first.wall, both.cpu - first.cpu)
+        samples = [(s.path, s.label) for s in self.setup.train_dataset.samples][: (1 + steps) * self.s.batch]
+        transform = build_transforms(self.setup.data_config, train=False)
+        model = self.accelerator.unwrap_model(self.model).eval()
+        kw = dict(batch_size=self.s.batch, device=self.s.device, skipped=[])
+        _logits(model, samples[: self.s.batch], transform, **kw)
+        return _timed(lambda: _logits(model, samples[self.s.batch :], transform, **kw), self.s.device, steps * self.s.batch)

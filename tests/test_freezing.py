@@ -366,3 +366,26 @@ def test_errors_name_the_value_and_the_fix() -> None:
     headless = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     with pytest.raises(FreezeError, match="cannot tell which module is the head"):
         freeze(headless)
+
+
+def test_hold_bn_statistics_keeps_stats_but_trains_affine():
+    import torchvision
+
+    from regraft.freezing import apply_bn_policy, hold_bn_statistics
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=3)
+    assert hold_bn_statistics(model) == 20
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    weight = model.bn1.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    apply_bn_policy(model)
+    for _ in range(2):
+        loss = model(torch.randn(4, 3, 32, 32)).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for k, v in stats.items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert not torch.equal(model.bn1.weight, weight)

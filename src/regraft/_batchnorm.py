@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 _FROZEN_FLAG = "_regraft_bn_frozen"  # for BatchNorm without affine parameters: inside a frozen part
 _TRAIN_FLAG = "_regraft_train_bn"  # train_bn: running statistics always update
+_EVAL_FLAG = "_regraft_bn_eval"  # bn_eval: running statistics never update, even where affine trains
 
 
 def is_bn(module: nn.Module) -> bool:
@@ -38,7 +39,11 @@ def norm_params(model: nn.Module) -> list[str]:
 
 def bn_frozen(module: nn.Module) -> bool:
     """Whether a BatchNorm module belongs to a frozen part (so its statistics must not move)."""
-    if getattr(module, _TRAIN_FLAG, False) or not getattr(module, "track_running_stats", True):
+    if not getattr(module, "track_running_stats", True):
+        return False
+    if getattr(module, _EVAL_FLAG, False):
+        return True
+    if getattr(module, _TRAIN_FLAG, False):
         return False
     params = [p for p in (getattr(module, "weight", None), getattr(module, "bias", None)) if p is not None]
     if params:
@@ -81,6 +86,24 @@ def mark_bn(model: nn.Module, *, train_bn: bool) -> None:
             if not any(h is _keep_frozen_bn_in_eval for h in module._forward_pre_hooks.values()):
                 module.register_forward_pre_hook(_keep_frozen_bn_in_eval)
     _refresh_flags(model)
+
+
+def hold_bn_statistics(model: nn.Module) -> int:
+    """Keep the running statistics of every BatchNorm layer fixed, trainable or not (in place).
+
+    Affine parameters still train; normalisation always uses the pretrained statistics, as
+    Keras does when fine-tuning and MMPretrain's ``norm_eval``. lp-ft's fine-tuning stage uses
+    it: its head was fitted on features normalised by those statistics, and switching to batch
+    statistics shifts every feature the head sees. Returns how many layers are held.
+    """
+    count = 0
+    for module in model.modules():
+        if is_bn(module):
+            setattr(module, _EVAL_FLAG, True)
+            if not any(h is _keep_frozen_bn_in_eval for h in module._forward_pre_hooks.values()):
+                module.register_forward_pre_hook(_keep_frozen_bn_in_eval)
+            count += 1
+    return count
 
 
 def apply_bn_policy(model: nn.Module) -> int:

@@ -86,6 +86,16 @@ def setup(
     train_ds, val_ds, train_loader, val_loader = _loaders(cfg, splits, dcfg, accelerator=accelerator, run=run)
     steps = max(1, math.ceil(len(train_loader) / cfg.grad_accum))
     plan = strategies.plan(model, strategy=strategy, cfg=cfg, steps_per_epoch=steps, head=head)
+    # lp-ft's head is fitted on features normalised by the pretrained statistics; letting
+    # BatchNorm switch to batch statistics afterwards shifts them (measured: val accuracy fell
+    # every fine-tuning epoch, 0.98 -> 0.55 in five on bench/time_to_accuracy.py's photos task)
+    bn_eval = cfg.bn_eval if cfg.bn_eval is not None else strategy == "lp-ft"
+    if bn_eval:
+        from regraft.freezing import hold_bn_statistics
+
+        held = hold_bn_statistics(model)
+        if held:
+            notify(f"BatchNorm statistics held fixed in {held} layers (bn_eval; affine parameters still train)")
     model, plan.optimizer = _prepare(accelerator, model, plan.optimizer)
     ema = engine.WeightEMA(accelerator.unwrap_model(model), decay=cfg.ema) if cfg.ema else None
     if cfg.compile:

@@ -88,6 +88,7 @@ class Config:
     freeze_to: str | None = None  # freeze from the stem up to and including this stage
     train_bn: bool = False  # keep BatchNorm affine parameters trainable inside frozen parts
     frozen_bn: bool = False  # replace frozen BatchNorm by FrozenBatchNorm2d
+    bn_eval: bool | None = None  # keep all BatchNorm statistics fixed while training (None = on for lp-ft only)
     partial_stages: int = 1  # strategy partial: how many last stages train with the head
     unfreeze: list[dict] = field(default_factory=list)  # [{epoch: 2, train: layer4}, ...]
     # --- optimisation

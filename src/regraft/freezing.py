@@ -42,6 +42,7 @@ from torch import nn
 from regraft._batchnorm import (
     apply_bn_policy,
     bn_frozen,
+    hold_bn_statistics,
     is_bn,
     mark_bn,
     norm_params,
@@ -50,7 +51,7 @@ from regraft._batchnorm import (
 from regraft._stages import cover, find_stages, under, vgg_fc
 from regraft.errors import FreezeError
 
-__all__ = ["FreezePlan", "freeze", "stages", "select", "apply_bn_policy", "swap_frozen_bn", "resolve_head", "Spec"]
+__all__ = ["FreezePlan", "freeze", "stages", "select", "apply_bn_policy", "hold_bn_statistics", "swap_frozen_bn", "resolve_head", "Spec"]
 
 log = logging.getLogger(__name__)
 

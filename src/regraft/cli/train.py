@@ -67,6 +67,8 @@ SWITCHES: list[tuple[str, str, bool, str]] = [
     ("--compile", "compile", True, "torch.compile the model"),
     ("--train-bn", "train_bn", True, "keep BatchNorm affine parameters trainable inside frozen parts"),
     ("--frozen-bn", "frozen_bn", True, "replace frozen BatchNorm layers by FrozenBatchNorm2d"),
+    ("--bn-eval", "bn_eval", True, "keep every BatchNorm's statistics fixed while training (default for lp-ft)"),
+    ("--bn-train", "bn_eval", False, "let trainable BatchNorm layers update their statistics (also under lp-ft)"),
     ("--trust-checkpoint", "trust_checkpoint", True, "allow unpickling arbitrary objects from --weights (only for files you trust)"),
     ("--no-decode-cache", "decode_cache", False, "decode images every epoch instead of once"),
     ("--no-feature-cache", "feature_cache", False, "recompute frozen layers every epoch"),

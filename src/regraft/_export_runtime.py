@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from regraft.errors import DataError, ExportError, MissingDependencyError
+from regraft.errors import ExportError, MissingDependencyError
 
 __all__ = ["OnnxClassifier", "load_onnx", "predict_onnx", "require", "sidecar_path"]
 
@@ -105,7 +105,9 @@ class OnnxClassifier:
 
     def predict(self, paths: Sequence[str | Path], *, topk: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
         """Top-k classes with probabilities, in the structure :func:`regraft.inference.predict` returns."""
-        files = _expand_paths(paths)
+        from regraft._files import expand_paths
+
+        files = expand_paths(paths)
         k = max(1, min(topk, len(self.classes)))
         results: list[dict[str, Any]] = []
         for start in range(0, len(files), batch_size):
@@ -210,24 +212,3 @@ def _load_rgb(path: Path) -> Any:
     from regraft.data.imageio import load_image  # numpy + Pillow: the decoder training used
 
     return load_image(path)
-
-
-def _expand_paths(paths: Sequence[str | Path]) -> list[Path]:
-    """Files and folders -> image files, as ``regraft.inference.expand_paths`` (which imports torch)."""
-    from regraft.data import IMAGE_EXTENSIONS
-
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(
-                f for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError(f"no such image or folder: {p}")
-    if not files:
-        raise DataError(f"no images found in {', '.join(map(str, paths))}")
-    return files

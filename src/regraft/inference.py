@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from regraft._files import expand_paths, list_images
 from regraft.errors import DataError
 from regraft.runs import LoadedRun, load_run
 
-__all__ = ["evaluate_run", "predict", "classification_metrics", "expected_calibration_error", "list_images"]
+__all__ = ["evaluate_run", "predict", "classification_metrics", "expected_calibration_error", "list_images", "expand_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,6 @@ def _run_samples(loaded: LoadedRun, data: str | None) -> tuple[list[tuple[str, i
     if not samples:
         raise DataError(f"--data {data}: no images in class subfolders of {root}")
     return samples, str(root)
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted, hidden files skipped)."""
-    from regraft.data import IMAGE_EXTENSIONS
-
-    folder = Path(folder)
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
 
 
 @torch.no_grad()
@@ -184,17 +174,3 @@ def predict(run: str | Path, paths: Sequence[str | Path], *, topk: int = 5, batc
             for f, values, indices in zip(ok, top.values, top.indices, strict=True):
                 results.append({"path": str(f), "top": [{"class": loaded.classes[i], "prob": round(float(v), 6)} for v, i in zip(values, indices, strict=True)]})
     return results
-
-
-def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += list_images(p)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError(f"no such image or folder: {p}")
-    if not files:
-        raise DataError(f"no images found in {', '.join(map(str, paths))}")
-    return files

@@ -275,11 +275,12 @@ class RegraftTrain:
     def _infer_files(self, steps: int) -> Rate:
         # inference._logits is what `regraft eval` and evaluate_run run over a folder, after load_run
         from regraft.data import build_transforms
-        from regraft.inference import _logits
+        from regraft.inference import _logits, _Numerics
 
         samples = [(s.path, s.label) for s in self.setup.train_dataset.samples][: (1 + steps) * self.s.batch]
         transform = build_transforms(self.setup.data_config, train=False)
         model = self.accelerator.unwrap_model(self.model).eval()
-        kw = dict(batch_size=self.s.batch, device=self.s.device, skipped=[])
+        numerics = _Numerics("bf16" if self.s.bf16 else "fp32", self.s.channels_last, self.s.device)
+        kw = dict(batch_size=self.s.batch, skipped=[], run_model=numerics)
         _logits(model, samples[: self.s.batch], transform, **kw)
         return _timed(lambda: _logits(model, samples[self.s.batch :], transform, **kw), self.s.device, steps * self.s.batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -146,3 +147,25 @@ def test_bad_recipe_key_is_named(toy_data, tmp_path):
 def test_debug_shows_traceback(tmp_path):
     proc = run_cli("eval", str(tmp_path / "missing"), "--debug")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_numerics_are_recorded_and_eval_reproduces_them(toy_data, tmp_path):
+    # bf16 autocast is the default on CPUs with AMX; asked for here so that every CPU runs this path
+    run = tmp_path / "bf16"
+    proc = ok(run_cli("train", str(toy_data), *TINY, "--weights", "none", "--strategy", "scratch", "--epochs", "2",
+                      "--precision", "bf16", "--out", str(run)))
+    assert "numerics: bf16 autocast, channels_last (--precision fp32 for full precision)" in proc.stdout + proc.stderr
+    env = json.loads((run / "environment.json").read_text())
+    assert env["precision"] == "bf16" and env["channels_last"] is True
+    summary = json.loads((run / "summary.json").read_text())
+    out = json.loads(ok(run_cli("eval", str(run), "--json")).stdout)
+    assert out["accuracy"] == summary["best_val_acc"]
+    best = [r for r in csv.DictReader((run / "metrics.csv").open()) if int(r["epoch"]) == summary["best_epoch"]][0]
+    assert abs(out["loss"] - float(best["val_loss"])) < 1e-4
+
+    fp32 = tmp_path / "fp32"
+    proc = ok(run_cli("train", str(toy_data), *TINY, "--weights", "none", "--strategy", "scratch", "--epochs", "1",
+                      "--precision", "fp32", "--no-channels-last", "--out", str(fp32)))
+    assert "numerics: fp32\n" in proc.stdout + proc.stderr
+    env = json.loads((fp32 / "environment.json").read_text())
+    assert env["precision"] == "fp32" and env["channels_last"] is False

@@ -142,3 +142,48 @@ def test_precision_and_device_errors():
             engine.make_accelerator(device="cuda")
         with pytest.raises(TrainingError, match="--precision fp16 needs a CUDA GPU"):
             engine.make_accelerator(device="cpu", precision="fp16")
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_bf16_units(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("the CPU rule; a CUDA machine resolves auto on its GPU")
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
+    assert engine.resolve_precision("auto", device="cpu") == "bf16"
+    assert engine.resolve_precision("fp32", device="cpu") == "no"
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
+    assert engine.resolve_precision("auto", device="cpu") == "no"
+    assert engine.resolve_precision("bf16", device="cpu") == "bf16"  # asked for: honoured (emulated where slow)
+
+
+def test_accelerators_with_different_precisions_in_one_process():
+    # Accelerate refuses a second state with another precision; compare() and notebooks need it
+    a = engine.make_accelerator(device="cpu", precision="bf16")
+    assert a.mixed_precision == "bf16"
+    b = engine.make_accelerator(device="cpu", precision="fp32")
+    assert b.mixed_precision == "no"
+    with b.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    c = engine.make_accelerator(device="cpu", precision="bf16")
+    with c.autocast():
+        assert torch.is_autocast_enabled("cpu")
+
+
+def test_channels_last_auto_is_on_for_convolutional_models_on_cpu():
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    cpu = torch.device("cpu")
+    assert engine.resolve_channels_last(None, conv, cpu) is True
+    assert engine.resolve_channels_last(None, _model(), cpu) is False  # no 2-D convolution
+    assert engine.resolve_channels_last(False, conv, cpu) is False
+    assert engine.resolve_channels_last(True, _model(), cpu) is True
+    assert engine.resolve_channels_last(None, conv, torch.device("mps")) is False
+
+
+def test_bf16_training_learns_and_evaluates_in_bf16():
+    model = _model()
+    acc = engine.make_accelerator(device="cpu", precision="bf16")
+    plan = _Plan(model)
+    model, plan.optimizer = acc.prepare(model, plan.optimizer)
+    train, val = _loaders()
+    state = engine.fit(model, plan, train, val, epochs=3, accelerator=acc, seed=7)
+    assert state.best_val_acc > 0.85
+    assert next(acc.unwrap_model(model).parameters()).dtype == torch.float32  # autocast: weights stay fp32

@@ -221,7 +221,8 @@ def test_with_augmentation_view_0_is_the_plain_image_and_the_rest_are_augmented(
     model = TV.resnet18(weights=None, num_classes=2)
     cut = features.find_cut(model, trainable=_head_only("fc"))
     cfg = Config(batch_size=8, augment="light", feature_views=3, seed=2)
-    tr, va = features.cache_features(cut, model, train, val, cfg=cfg, accelerator=engine.make_accelerator(device="cpu"))
+    accelerator = engine.make_accelerator(device="cpu", precision="fp32")  # compared exactly with fp32 below
+    tr, va = features.cache_features(cut, model, train, val, cfg=cfg, accelerator=accelerator)
     assert tr.views == 3 and va.views == 1 and len(tr) == len(train) and len(va) == len(val)
     plain = data.ImageDataset(train.samples, val.transform)
     aug = data.make_loader(train, batch_size=8, shuffle=False, seed=2, workers=0)
@@ -359,3 +360,20 @@ def test_linear_probe_fits_the_head_and_gives_the_flags_back(toy_data, cache):
     if cache:
         # the un-augmented images and feature_views - 1 = 2 augmented views
         assert any("24 images × 3 view(s)" in m for m in rec.messages)
+
+
+def test_the_cut_check_passes_under_bf16_autocast(toy_data):
+    # a prepared model's forward runs in autocast; the split must be compared in the same numerics
+    # (it was once compared in fp32 against the bf16 forward and the cache turned itself off)
+    train, val = _image_datasets(toy_data, augment="none")
+    model = TV.resnet18(weights=None, num_classes=2)
+    cut = features.find_cut(model, trainable=_head_only("fc"))
+    accelerator = engine.make_accelerator(device="cpu", precision="bf16")
+    model = accelerator.prepare(model)
+    cached = features.cache_features(cut, model, train, val, cfg=Config(batch_size=8, augment="none"), accelerator=accelerator)
+    assert cached is not None
+    tr, va = cached
+    assert len(tr) == len(train) and len(va) == len(val)
+    # a wrong cut is still caught in bf16
+    wrong = features.Cut(prefix=cut.prefix, rest=torch.nn.Identity(), after="layer4", family="wrong")
+    assert "split model" in wrong.check(model, torch.rand(2, 3, 32, 32), autocast=accelerator.autocast)

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,9 +80,17 @@ class Cut:
         return f"{self.family}, frozen up to and including {self.after}"
 
     @torch.no_grad()
-    def check(self, model: nn.Module, x: torch.Tensor, *, rtol: float = 1e-3, atol: float = 1e-4) -> str | None:
-        """None when ``rest(prefix(x))`` matches ``model(x)`` in eval mode, else why not."""
-        with eval_modes(model):
+    def check(
+        self, model: nn.Module, x: torch.Tensor, *, rtol: float = 1e-3, atol: float = 1e-4,
+        autocast: Callable[[], Any] | None = None,
+    ) -> str | None:
+        """None when ``rest(prefix(x))`` matches ``model(x)`` in eval mode, else why not.
+
+        ``autocast``: the context the run computes in (``accelerator.autocast``); both paths run
+        inside it, as a prepared model's forward already does, so mixed precision compares like
+        with like.
+        """
+        with eval_modes(model), (autocast() if autocast is not None else contextlib.nullcontext()):
             self.rest.eval()
             want = model(x)
             got = self.rest(self.prefix(x))

@@ -40,6 +40,8 @@ class Setup:
     after_train_mode: Callable | None
     card: dict[str, Any]
     ema: Any = None
+    channels_last: bool = False
+    precision: str = "fp32"  # what the steps run in: bf16 | fp16 (autocast) | fp32
 
 
 def setup(
@@ -80,7 +82,8 @@ def setup(
         diff = surgery.apply(model, cfg.surgery, input_size=dcfg.input_size)
         head = surgery.find_head(model)
     surgery.validate(model, input_size=dcfg.input_size)
-    if cfg.channels_last:
+    channels_last = engine.resolve_channels_last(cfg.channels_last, model, accelerator.device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     train_ds, val_ds, train_loader, val_loader = _loaders(cfg, splits, dcfg, accelerator=accelerator, run=run)
@@ -110,7 +113,8 @@ def setup(
         ref=ref, model=model, head=head, classes=classes, splits=splits, data_config=dcfg,
         train_dataset=train_ds, val_dataset=val_ds, train_loader=train_loader, val_loader=val_loader,
         plan=plan, load_report=report, surgery_diff=diff, batch_transform=batch_transform,
-        after_train_mode=apply_bn_policy, card=card, ema=ema,
+        after_train_mode=apply_bn_policy, card=card, ema=ema, channels_last=channels_last,
+        precision={"no": "fp32", None: "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision),
     )
 
 
@@ -199,6 +203,16 @@ def announce(setup: Setup, notify: Callable[[str], None]) -> None:
             notify(line)
     for line in setup.plan.describe().splitlines():
         notify(line)
+    notify(numerics_line(setup))
+
+
+def numerics_line(setup: Setup) -> str:
+    """``numerics: bf16 autocast, channels_last`` — what the steps run in, and how to change it."""
+    parts = [f"{setup.precision} autocast" if setup.precision != "fp32" else "fp32"]
+    if setup.channels_last:
+        parts.append("channels_last")
+    how = " (--precision fp32 for full precision)" if setup.precision != "fp32" else ""
+    return f"numerics: {', '.join(parts)}{how}"
 
 
 def write_run_start(run: RunDir, cfg: Config, setup: Setup) -> None:
@@ -206,7 +220,7 @@ def write_run_start(run: RunDir, cfg: Config, setup: Setup) -> None:
 
     run.write_text("config.yaml", cfg.to_yaml())
     run.write_json("model.json", setup.card)
-    run.write_json("environment.json", environment_info() | {"seed": cfg.seed})
+    run.write_json("environment.json", environment_info() | {"seed": cfg.seed, "precision": setup.precision, "channels_last": setup.channels_last})
     run.write_json("load_report.json", setup.load_report.to_dict() if setup.load_report is not None else {"source": "none", "coverage": 0.0})
     run.write_json("freeze_audit.json", setup.plan.audit())
     if setup.surgery_diff is not None:
@@ -231,7 +245,7 @@ def linear_probe(cfg: Config, setup: Setup, *, accelerator: Any, run: RunDir, no
         val_dataset=setup.val_dataset, cfg=cfg, accelerator=accelerator, callbacks=callbacks,
     )
     notify(result.message)
-    val = engine.evaluate(setup.model, setup.val_loader, accelerator=accelerator, channels_last=cfg.channels_last)
+    val = engine.evaluate(setup.model, setup.val_loader, accelerator=accelerator, channels_last=setup.channels_last)
     state = engine.FitState(
         history=list(result.history), best_val_acc=val.accuracy, best_val_loss=val.loss,
         best_epoch=0, train_seconds=result.seconds,
@@ -270,7 +284,7 @@ def finish(cfg: Config, setup: Setup, state: Any, *, run: RunDir, accelerator: A
     accelerator.wait_for_everyone()
     if best.is_file():
         model.load_state_dict(load_file(str(best)))
-    final = engine.evaluate(setup.model, setup.val_loader, accelerator=accelerator, collect=True, channels_last=cfg.channels_last)
+    final = engine.evaluate(setup.model, setup.val_loader, accelerator=accelerator, collect=True, channels_last=setup.channels_last)
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = {

@@ -109,8 +109,8 @@ class Config:
     lp_epochs: int = 50  # lp-ft: max head-only epochs on cached features
     lp_lr: float | None = None  # lp-ft probe LR (None = 1e-2, AdamW)
     # --- engine
-    precision: str = "auto"  # auto = bf16 on a GPU that supports it, fp32 on CPU
-    channels_last: bool = False
+    precision: str = "auto"  # auto = bf16 on a capable GPU or a CPU with AMX, else fp32
+    channels_last: bool | None = None  # None = on for convolutional models on CPU and CUDA
     grad_accum: int = 1
     clip_grad: float | None = None
     label_smoothing: float = 0.0

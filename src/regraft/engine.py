@@ -136,7 +136,7 @@ def make_accelerator(
 ) -> Accelerator:
     """An ``Accelerator`` for ``device`` (auto|cpu|cuda|mps) and ``precision`` (auto|no|fp32|bf16|fp16).
 
-    ``auto`` precision is bf16 on a CUDA GPU that supports it and full precision elsewhere.
+    ``auto`` precision: see :func:`resolve_precision`.
     ``log_with``: Accelerate trackers (``tensorboard``, ``mlflow``), writing under ``project_dir``.
     """
     _check_trackers(log_with)
@@ -148,13 +148,13 @@ def make_accelerator(
     if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise TrainingError("--device mps was asked for but MPS is not available; use --device auto or cpu")
     cpu = device == "cpu"
-    on_cuda = torch.cuda.is_available() and not cpu
-    if precision == "auto":
-        precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
-    if precision == "fp32":
-        precision = "no"
-    if precision == "fp16" and not on_cuda:
-        raise TrainingError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
+    precision = resolve_precision(precision, device=device)
+    # Accelerate keeps one process-wide state and refuses a second Accelerator with another
+    # precision; every regraft run (compare's strategies, fit() in a notebook) starts its own.
+    # The process group (PartialState) is kept, so this is safe under torchrun.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     # frozen parameters, and stages unfrozen later, produce no gradients on some steps
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if distributed_kwargs else []
     return Accelerator(
@@ -165,6 +165,48 @@ def make_accelerator(
         log_with=list(log_with) or None,
         project_dir=project_dir,
     )
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with bf16 matrix units (Intel AMX with AVX512-BF16: Sapphire Rapids and later).
+
+    There, bf16 autocast trains ResNet-18 3.5x and EfficientNet-Lite0 1.3x faster than fp32
+    (bench/RESULTS.md); CPUs without AMX emulate bf16 and gain little or lose, so they stay fp32.
+    """
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):  # older torch, or a build without these probes
+        return False
+
+
+def resolve_precision(precision: str, *, device: str = "auto") -> str:
+    """What Accelerate is asked for: ``bf16``, ``fp16`` or ``no`` (full precision).
+
+    ``auto`` is bf16 on a CUDA GPU that supports it, bf16 on a CPU with bf16 matrix units
+    (:func:`cpu_has_fast_bf16`), and full precision elsewhere (other CPUs, MPS).
+    """
+    on_cuda = torch.cuda.is_available() and device != "cpu"
+    on_mps = not on_cuda and device in ("auto", "mps") and hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    if precision == "auto":
+        if on_cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if not on_mps and cpu_has_fast_bf16() else "no"
+    if precision == "fp32":
+        return "no"
+    if precision == "fp16" and not on_cuda:
+        raise TrainingError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
+    return precision
+
+
+def resolve_channels_last(channels_last: bool | None, model: nn.Module, device: torch.device) -> bool:
+    """``None`` (auto) is on for models with 2-D convolutions on CPU and CUDA, off on MPS.
+
+    channels_last is oneDNN's and cuDNN's native layout: measured on CPU, fp32 training 1.1-1.2x
+    and bf16 up to 1.5x faster (bench/RESULTS.md); on MPS it has been a source of wrong results.
+    """
+    if channels_last is not None:
+        return bool(channels_last)
+    return device.type in ("cpu", "cuda") and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 _TRACKER_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}

@@ -82,7 +82,7 @@ def cache_features(
     """
     device = accelerator.device
     with eval_modes(model):
-        reason = cut.check(model, _first_images(val_dataset, device))
+        reason = cut.check(model, _first_images(val_dataset, device), autocast=accelerator.autocast)
         if reason is not None:
             log.warning("feature cache off: %s", reason)
             return None

@@ -65,8 +65,43 @@ def _run_samples(loaded: LoadedRun, data: str | None) -> tuple[list[tuple[str, i
     return samples, str(root)
 
 
+class _Numerics:
+    """The numerics a run was validated in (environment.json), where this device can run them.
+
+    Evaluating and predicting in the same autocast dtype and memory format as training's
+    validation makes ``regraft eval`` reproduce ``best_val_acc`` exactly.
+    """
+
+    def __init__(self, precision: str, channels_last: bool, device: torch.device) -> None:
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if self.dtype is torch.float16 and device.type != "cuda":
+            self.dtype = None
+        if device.type not in ("cpu", "cuda"):
+            self.dtype = None
+        self.channels_last = channels_last and device.type in ("cpu", "cuda")
+        self.device = device
+
+    @classmethod
+    def for_run(cls, loaded: LoadedRun, device: torch.device) -> _Numerics:
+        import json
+
+        env_file = loaded.run.path / "environment.json"
+        env = json.loads(env_file.read_text()) if env_file.is_file() else {}
+        numerics = cls(env.get("precision", "fp32"), bool(env.get("channels_last")), device)
+        if numerics.channels_last:
+            loaded.model.to(memory_format=torch.channels_last)
+        return numerics
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            return model(x).float()
+
+
 @torch.no_grad()
-def _logits(model: torch.nn.Module, samples: Sequence[tuple[str, int]], transform, *, batch_size: int, device: torch.device, skipped: list[str]):
+def _logits(model: torch.nn.Module, samples: Sequence[tuple[str, int]], transform, *, batch_size: int, skipped: list[str], run_model: _Numerics):
     from regraft.data import load_image
 
     outs, kept = [], []
@@ -81,7 +116,7 @@ def _logits(model: torch.nn.Module, samples: Sequence[tuple[str, int]], transfor
                 log.warning("skipping %s: %s", path, exc)
                 skipped.append(str(path))
         if tensors:
-            outs.append(model(torch.stack(tensors).to(device)).float().cpu())
+            outs.append(run_model(model, torch.stack(tensors)).cpu())
     logits = torch.cat(outs) if outs else torch.zeros(0, 1)
     return logits, torch.tensor(kept, dtype=torch.long)
 
@@ -138,7 +173,9 @@ def evaluate_run(run: str | Path, *, data: str | None = None, batch_size: int = 
     loaded = load_run(run, device=dev)
     samples, where = _run_samples(loaded, data)
     skipped: list[str] = []
-    logits, targets = _logits(loaded.model, samples, loaded.transform(), batch_size=batch_size, device=dev, skipped=skipped)
+    logits, targets = _logits(
+        loaded.model, samples, loaded.transform(), batch_size=batch_size, skipped=skipped, run_model=_Numerics.for_run(loaded, dev),
+    )
     metrics = classification_metrics(logits, targets, loaded.classes)
     metrics.update({"classes": loaded.classes, "data": where, "skipped": skipped})
     return metrics
@@ -154,6 +191,7 @@ def predict(run: str | Path, paths: Sequence[str | Path], *, topk: int = 5, batc
     loaded = load_run(run, device=dev)
     files = expand_paths(paths)
     transform = loaded.transform()
+    run_model = _Numerics.for_run(loaded, dev)
     from regraft.data import load_image
 
     results: list[dict[str, Any]] = []
@@ -169,7 +207,7 @@ def predict(run: str | Path, paths: Sequence[str | Path], *, topk: int = 5, batc
                     results.append({"path": str(f), "error": f"cannot read image: {exc}"})
             if not tensors:
                 continue
-            probs = loaded.model(torch.stack(tensors).to(dev)).float().softmax(1).cpu()
+            probs = run_model(loaded.model, torch.stack(tensors)).softmax(1).cpu()
             top = probs.topk(k, dim=1)
             for f, values, indices in zip(ok, top.values, top.indices, strict=True):
                 results.append({"path": str(f), "top": [{"class": loaded.classes[i], "prob": round(float(v), 6)} for v, i in zip(values, indices, strict=True)]})

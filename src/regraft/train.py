@@ -124,7 +124,7 @@ def train(
             module, setup.plan, train_loader, val_loader, save_model=save_model,
             epochs=cfg.epochs, accelerator=accelerator, run=run, seed=cfg.seed, state=state,
             label_smoothing=cfg.label_smoothing, clip_grad=cfg.clip_grad, patience=cfg.patience,
-            channels_last=cfg.channels_last, batch_transform=setup.batch_transform,
+            channels_last=setup.channels_last, batch_transform=setup.batch_transform,
             callbacks=callbacks, checkpoint_extra={"config": cfg.to_dict()},
             stage="fine-tune" if setup.plan.linear_probe_first else "train",
             after_train_mode=setup.after_train_mode, ema=setup.ema,
@@ -141,6 +141,9 @@ def train(
             accelerator.end_training()
     wall = time.perf_counter() - t0
     summary = pipeline.finish(cfg, setup, state, run=run, accelerator=accelerator, wall_seconds=wall)
+    # hand the user's module back as a plain module: Accelerate wraps a prepared model's forward
+    # in autocast under mixed precision, which would keep running it in bf16 after training
+    accelerator.unwrap_model(setup.model, keep_fp32_wrapper=False)
     return RunResult(run=run, summary=summary, history=state.history, load_report=setup.load_report, audit=setup.plan.audit())
 
 

@@ -39,7 +39,7 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--out", "out", dict(metavar="RUN", help="run folder (default runs/MODEL-STRATEGY-TIME)")),
     ("--seed", "seed", dict(type=int, metavar="N", help="random seed (default 0)")),
     ("--device", "device", dict(metavar="D", help="auto | cpu | cuda | mps (default auto)")),
-    ("--precision", "precision", dict(metavar="P", help="auto | fp32 | bf16 | fp16 (default auto: bf16 on a capable GPU)")),
+    ("--precision", "precision", dict(metavar="P", help="auto | fp32 | bf16 | fp16 (default auto: bf16 on a capable GPU or a CPU with AMX)")),
     ("--val-fraction", "val_fraction", dict(type=float, metavar="F", help="validation share when DATA has no split (default 0.2)")),
     ("--augment", "augment", dict(metavar="LEVEL", help="none | light | strong (default light)")),
     ("--freeze-to", "freeze_to", dict(metavar="STAGE", help="freeze from the stem up to and INCLUDING this stage (e.g. layer3)")),
@@ -63,7 +63,8 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--log", "log", dict(metavar="TRACKERS", help="comma-separated: tensorboard, mlflow")),
 ]
 SWITCHES: list[tuple[str, str, bool, str]] = [
-    ("--channels-last", "channels_last", True, "channels_last memory format"),
+    ("--channels-last", "channels_last", True, "channels_last memory format (default: on for convolutional models on CPU and CUDA)"),
+    ("--no-channels-last", "channels_last", False, "keep the contiguous (NCHW) memory format"),
     ("--compile", "compile", True, "torch.compile the model"),
     ("--train-bn", "train_bn", True, "keep BatchNorm affine parameters trainable inside frozen parts"),
     ("--frozen-bn", "frozen_bn", True, "replace frozen BatchNorm layers by FrozenBatchNorm2d"),

@@ -59,8 +59,11 @@ def machine() -> str:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         gpu = f", GPU {props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    from regraft.engine import cpu_has_fast_bf16
+
+    amx = ", AMX bf16 units (regraft's auto precision: bf16)" if cpu_has_fast_bf16() else ", no AMX (regraft's auto precision on CPU: fp32)"
     return (
-        f"{cpus()} CPUs ({cpu_model()}), {ram_gib():.0f} GiB RAM{gpu}, {platform.system()}, "
+        f"{cpus()} CPUs ({cpu_model()}{amx}), {ram_gib():.0f} GiB RAM{gpu}, {platform.system()}, "
         f"Python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}"
     )
 

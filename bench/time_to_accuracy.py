@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA, Section, append_results, command_line, fmt, median, table, wait_for_quiet  # noqa: E402
 
 MODEL = "tf_efficientnet_lite0"
-METHODS = ("regraft", "plain", "fastai")
+METHODS = ("regraft", "regraft-fp32", "plain", "fastai")
 
 
 def task_dir(name: str) -> Path:
@@ -67,8 +67,8 @@ def _worker(method: str, data: Path, seed: int, tmp: Path) -> dict:
 
     t_ready = time.perf_counter()
     test = data / "test" if (data / "test").is_dir() else None
-    if method == "regraft":
-        out = _regraft(data, seed, tmp, test)
+    if method.startswith("regraft"):
+        out = _regraft(data, seed, tmp, test, fp32=method == "regraft-fp32")
     elif method == "plain":
         out = _plain_recipe(data, seed, test)
     else:
@@ -86,14 +86,14 @@ def _worker(method: str, data: Path, seed: int, tmp: Path) -> dict:
     return out
 
 
-def _regraft(data: Path, seed: int, tmp: Path, test: Path | None) -> dict:
+def _regraft(data: Path, seed: int, tmp: Path, test: Path | None, *, fp32: bool = False) -> dict:
     import csv
 
     from regraft.cli.main import main as cli
 
     run = tmp / "run"
     argv = ["train", str(data), "--model", MODEL, "--weights", weights_path(), "--out", str(run), "--seed", str(seed),
-            "-q", "--set", f"cache_dir={tmp / 'cache'}"]
+            "-q", "--set", f"cache_dir={tmp / 'cache'}"] + (["--precision", "fp32", "--no-channels-last"] if fp32 else [])
     if cli(argv) != 0:
         raise SystemExit(f"regraft train failed: {' '.join(argv)}")
     t_trained = time.perf_counter()
@@ -176,7 +176,7 @@ def _median(runs: list[dict], key: str) -> float:
 
 def _detail(method: str, r: dict) -> str:
     per_epoch = " ".join(f"{v:.2f}" for v in r.get("val_acc_per_epoch", []))
-    if method == "regraft":
+    if method.startswith("regraft"):
         return f"{r['strategy']}: probe {r['probe_epochs']} epochs (val {fmt(r.get('probe_best_val_acc'), 3)}), then val {per_epoch}"
     if method == "fastai":
         return f"frozen epoch then 5: val {per_epoch}; `import fastai.vision.all` {r.get('fastai_import_s', 0):.1f} s"
@@ -233,7 +233,9 @@ def _notes_b(seeds: list[int], seconds: float) -> list[str]:
         "45 val; `photos` = which of 10 photographs a small crop comes from, train/val/test from disjoint horizontal "
         "bands, 240 / 100 / 100",
         "regraft: `regraft train DATA --model tf_efficientnet_lite0 --weights W --seed S -q --set cache_dir=TMP` (defaults: "
-        "auto -> lp-ft, 5 epochs); plain: bench/_plain.py recipe; fastai: bench/_fastai_recipe.py, `fine_tune(5)`",
+        "auto -> lp-ft, 5 epochs, auto numerics: bf16 autocast + channels_last on a CPU with AMX); regraft-fp32: the same "
+        "with `--precision fp32 --no-channels-last` (the other two methods' numerics); plain: bench/_plain.py recipe (fp32); "
+        "fastai: bench/_fastai_recipe.py, `fine_tune(5)` (fp32)",
         "the model handed back: regraft's `model.safetensors` (its best validation epoch, the probe included) and the plain "
         "recipe's best epoch (as the torchvision tutorial keeps it); fastai's learner after its last epoch; test acc: that "
         "model on the held-out test band (photos only), never used for any choice",

@@ -244,7 +244,26 @@ def test_url_downloaded_once_into_torch_cache_with_sha256(caches, server, source
         assert_loaded(model, source)
         assert report.coverage == 1.0
     assert hits == ["/tiny.pth"]
-    assert (caches / "torch" / "hub" / "checkpoints" / "tiny.pth").is_file()
+    # a name without its content's hash is cached under the URL's hash (names collide, URLs don't)
+    assert len(list((caches / "torch" / "hub" / "checkpoints").glob("url-*/tiny.pth"))) == 1
+
+
+def test_two_urls_with_the_same_file_name_do_not_share_a_cached_copy(caches, server, source):
+    root, base, hits = server
+    other = trained(Tiny(), seed=1)
+    for sub, state in (("a", source), ("b", other)):
+        (root / sub).mkdir()
+        torch.save(state, root / sub / "model.pth")
+    for _ in range(2):
+        for sub, state in (("a", source), ("b", other)):
+            model = Tiny()
+            load_weights(model, f"{base}/{sub}/model.pth", head="fc")
+            assert_loaded(model, state)
+    assert sorted(hits) == ["/a/model.pth", "/b/model.pth"]
+    # torch's content-hashed names stay where torchvision looks for them
+    from regraft.weights._sources import url_cache_path
+
+    assert url_cache_path("https://x.org/m/resnet50-11ad3fa6.pth", "resnet50-11ad3fa6.pth") == caches / "torch" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
 
 
 def test_url_sha256_mismatch_is_refused_and_not_cached(caches, server, source):
@@ -252,7 +271,7 @@ def test_url_sha256_mismatch_is_refused_and_not_cached(caches, server, source):
     torch.save(source, root / "tiny.pth")
     with pytest.raises(WeightsError, match=r"tiny\.pth: sha256 is [0-9a-f]{64}, expected 0+; .*--sha256"):
         load_weights(Tiny(), f"{base}/tiny.pth", head="fc", sha256="0" * 64)
-    assert not list((caches / "torch" / "hub" / "checkpoints").iterdir())
+    assert not [p for p in (caches / "torch" / "hub" / "checkpoints").rglob("*") if p.is_file()]
 
 
 def test_file_url_and_local_sha256(caches, tmp_path, source):

@@ -233,6 +233,20 @@ def torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+_CONTENT_NAMED = re.compile(r"-[0-9a-f]{8,}\.[^.]+$")
+
+
+def url_cache_path(url: str, name: str) -> Path:
+    """Where ``url`` is cached: ``checkpoints/NAME`` when the name carries its content's hash
+    (``resnet50-11ad3fa6.pth``, torch's convention, so torchvision finds the same file), else
+    ``checkpoints/url-<hash of the URL>/NAME`` so that two URLs ending in ``model.pth`` never
+    share a cached file.
+    """
+    if _CONTENT_NAMED.search(name):
+        return torch_hub_checkpoints() / name
+    return torch_hub_checkpoints() / f"url-{hashlib.sha256(url.encode()).hexdigest()[:16]}" / name
+
+
 def download_url(url: str, *, sha256: str | None = None, hash_prefix: str | None = None) -> Path:
     """Download ``url`` into torch's hub checkpoint cache once; later calls reuse the file.
 
@@ -241,7 +255,7 @@ def download_url(url: str, *, sha256: str | None = None, hash_prefix: str | None
     """
     parsed = urllib.parse.urlparse(url)
     name = Path(urllib.parse.unquote(parsed.path)).name or "weights-" + hashlib.sha256(url.encode()).hexdigest()[:12]
-    dest = torch_hub_checkpoints() / name
+    dest = url_cache_path(url, name)
     if dest.is_file():
         if sha256:
             _check_hash(dest, sha256, what=f"cached copy {dest} of {url}", fix=f"delete {dest} to download it again")

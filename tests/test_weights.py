@@ -287,7 +287,7 @@ def test_file_url_and_local_sha256(caches, tmp_path, source):
 
 
 def test_unreachable_url_without_cache_says_how_to_get_it(caches, monkeypatch):
-    with pytest.raises(WeightsError, match=r"no cached copy of https://example\.invalid/w\.pth in .*checkpoints and HF_HUB_OFFLINE is set: download it on a connected machine with `curl -L -o w\.pth https://example\.invalid/w\.pth`.*--weights PATH"):
+    with pytest.raises(WeightsError, match=r"no cached copy of https://example\.invalid/w\.pth in .*checkpoints/url-[0-9a-f]{16} and HF_HUB_OFFLINE is set: download it on a connected machine with `curl -L -o w\.pth https://example\.invalid/w\.pth`.*--weights PATH"):
         load_weights(Tiny(), "https://example.invalid/w.pth", head="fc")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):

@@ -84,7 +84,9 @@ def same_job(folder: Path, tmp: Path) -> list[tuple[str, dict]]:
                "--lr", "1e-3", "--weight-decay", "1e-4", "--overwrite", "-q", "--set", f"cache_dir={tmp / 'cache'}", "--out"]
     jobs = [
         ("plain tutorial loop (bench/_plain.py)", [sys.executable, str(HERE / "_plain.py"), str(folder), *job]),
-        ("`regraft train --strategy full` (decode cache on, the default)", [*regraft, str(tmp / "run-a")]),
+        ("`regraft train --strategy full` (decode cache on, the default; auto numerics: bf16 + channels_last on AMX)", [*regraft, str(tmp / "run-a")]),
+        ("`regraft train --strategy full --precision fp32 --no-channels-last` (the plain loop's numerics)",
+         [*regraft, str(tmp / "run-e"), "--precision", "fp32", "--no-channels-last"]),
         ("`regraft train --strategy full --no-decode-cache`", [*regraft, str(tmp / "run-b"), "--no-decode-cache"]),
         ("plain tutorial loop, again (drift check)", [sys.executable, str(HERE / "_plain.py"), str(folder), *job]),
     ]

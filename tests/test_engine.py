@@ -153,6 +153,14 @@ def test_auto_precision_is_bf16_only_on_cpus_with_bf16_units(monkeypatch):
     monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: False)
     assert engine.resolve_precision("auto", device="cpu") == "no"
     assert engine.resolve_precision("bf16", device="cpu") == "bf16"  # asked for: honoured (emulated where slow)
+    # depthwise convolutions are slower in bf16 on CPU: MobileNet/EfficientNet-like models stay fp32
+    monkeypatch.setattr(engine, "cpu_has_fast_bf16", lambda: True)
+    depthwise = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=8))
+    grouped = nn.Sequential(nn.Conv2d(8, 8, 3, groups=2))
+    assert engine.has_depthwise_conv(depthwise) and not engine.has_depthwise_conv(grouped)
+    assert engine.resolve_precision("auto", device="cpu", model=depthwise) == "no"
+    assert engine.resolve_precision("auto", device="cpu", model=grouped) == "bf16"
+    assert engine.resolve_precision("bf16", device="cpu", model=depthwise) == "bf16"
 
 
 def test_accelerators_with_different_precisions_in_one_process():

@@ -42,11 +42,32 @@ class Setup:
     ema: Any = None
     channels_last: bool = False
     precision: str = "fp32"  # what the steps run in: bf16 | fp16 (autocast) | fp32
+    precision_note: str = ""  # why auto chose fp32 where bf16 was possible
+
+
+@dataclass
+class Built:
+    """The network before anything is grafted: the module, which architecture, its data config."""
+
+    model: nn.Module
+    ref: zoo.ModelRef
+    data_config: zoo.DataConfig
+
+
+def build_model(cfg: Config, model: nn.Module | None = None) -> Built:
+    """``cfg.model`` from the zoo, or the user's own module (its data config then comes from cfg)."""
+    if model is None:
+        ref = zoo.resolve(cfg.model)
+        return Built(zoo.build(ref), ref, zoo.data_config(ref, weights=cfg.weights))
+    ref = getattr(model, "regraft_ref", None) or zoo.ModelRef("custom", type(model).__qualname__)
+    return Built(model, ref, zoo.DataConfig())
 
 
 def setup(
-    cfg: Config, *, strategy: str, accelerator: Any, run: RunDir, notify: Callable[[str], None], model: nn.Module | None = None
+    cfg: Config, *, strategy: str, accelerator: Any, run: RunDir, notify: Callable[[str], None], model: nn.Module | None = None,
+    built: Built | None = None,
 ) -> Setup:
+    """Everything before the first step. ``built``: from :func:`build_model` (built here when None)."""
     from regraft import data, engine, strategies, surgery
     from regraft.freezing import apply_bn_policy
 
@@ -62,14 +83,9 @@ def setup(
     if unreadable:
         notify(f"{len(unreadable)} unreadable file(s) will be skipped and listed in skipped_files.txt: {', '.join(unreadable[:3])}{' ...' if len(unreadable) > 3 else ''}")
 
-    if model is None:
-        ref = zoo.resolve(cfg.model)
-        model = zoo.build(ref)
-        base_dcfg = zoo.data_config(ref, weights=cfg.weights)
-    else:  # the user's own module
-        ref = getattr(model, "regraft_ref", None) or zoo.ModelRef("custom", type(model).__qualname__)
-        base_dcfg = zoo.DataConfig()
-    dcfg = base_dcfg.with_overrides(
+    built = built or build_model(cfg, model)
+    model, ref = built.model, built.ref
+    dcfg = built.data_config.with_overrides(
         img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct
     )
     head = surgery.replace_head(
@@ -115,6 +131,7 @@ def setup(
         plan=plan, load_report=report, surgery_diff=diff, batch_transform=batch_transform,
         after_train_mode=apply_bn_policy, card=card, ema=ema, channels_last=channels_last,
         precision={"no": "fp32", None: "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision),
+        precision_note=_precision_note(cfg, model, accelerator),
     )
 
 
@@ -212,7 +229,19 @@ def numerics_line(setup: Setup) -> str:
     if setup.channels_last:
         parts.append("channels_last")
     how = " (--precision fp32 for full precision)" if setup.precision != "fp32" else ""
+    if setup.precision_note:
+        how = f" ({setup.precision_note})"
     return f"numerics: {', '.join(parts)}{how}"
+
+
+def _precision_note(cfg: Config, model: nn.Module, accelerator: Any) -> str:
+    from regraft import engine
+
+    if cfg.precision != "auto" or accelerator.mixed_precision not in (None, "no") or accelerator.device.type != "cpu":
+        return ""
+    if engine.cpu_has_fast_bf16() and engine.has_depthwise_conv(model):
+        return "this CPU has bf16 units, but its bf16 depthwise convolutions are slower than fp32; --precision bf16 to use them anyway"
+    return ""
 
 
 def write_run_start(run: RunDir, cfg: Config, setup: Setup) -> None:

@@ -132,11 +132,11 @@ def seed_everything(seed: int) -> None:
 
 def make_accelerator(
     *, device: str = "auto", precision: str = "auto", grad_accum: int = 1, distributed_kwargs: bool = True,
-    log_with: Sequence[str] = (), project_dir: str | None = None,
+    log_with: Sequence[str] = (), project_dir: str | None = None, model: nn.Module | None = None,
 ) -> Accelerator:
     """An ``Accelerator`` for ``device`` (auto|cpu|cuda|mps) and ``precision`` (auto|no|fp32|bf16|fp16).
 
-    ``auto`` precision: see :func:`resolve_precision`.
+    ``auto`` precision: see :func:`resolve_precision` (``model``: the network it will run).
     ``log_with``: Accelerate trackers (``tensorboard``, ``mlflow``), writing under ``project_dir``.
     """
     _check_trackers(log_with)
@@ -148,7 +148,7 @@ def make_accelerator(
     if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise TrainingError("--device mps was asked for but MPS is not available; use --device auto or cpu")
     cpu = device == "cpu"
-    precision = resolve_precision(precision, device=device)
+    precision = resolve_precision(precision, device=device, model=model)
     # Accelerate keeps one process-wide state and refuses a second Accelerator with another
     # precision; every regraft run (compare's strategies, fit() in a notebook) starts its own.
     # The process group (PartialState) is kept, so this is safe under torchrun.
@@ -170,8 +170,8 @@ def make_accelerator(
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with bf16 matrix units (Intel AMX with AVX512-BF16: Sapphire Rapids and later).
 
-    There, bf16 autocast trains ResNet-18 3.5x and EfficientNet-Lite0 1.3x faster than fp32
-    (bench/RESULTS.md); CPUs without AMX emulate bf16 and gain little or lose, so they stay fp32.
+    There, bf16 autocast trains ResNet-18/50, RegNet and ViT 1.5-2.8x faster than fp32 (both
+    channels_last; bench/RESULTS.md); CPUs without AMX emulate bf16 and gain little or lose.
     """
     try:
         return bool(torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported())
@@ -179,18 +179,26 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, *, device: str = "auto") -> str:
+def has_depthwise_conv(model: nn.Module) -> bool:
+    """Whether ``model`` has depthwise convolutions (MobileNet, EfficientNet, ConvNeXt, ...)."""
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
+
+
+def resolve_precision(precision: str, *, device: str = "auto", model: nn.Module | None = None) -> str:
     """What Accelerate is asked for: ``bf16``, ``fp16`` or ``no`` (full precision).
 
-    ``auto`` is bf16 on a CUDA GPU that supports it, bf16 on a CPU with bf16 matrix units
-    (:func:`cpu_has_fast_bf16`), and full precision elsewhere (other CPUs, MPS).
+    ``auto`` is bf16 on a CUDA GPU that supports it; on a CPU, bf16 when it has bf16 matrix units
+    (:func:`cpu_has_fast_bf16`) and ``model`` has no depthwise convolutions: oneDNN's bf16
+    depthwise kernels train MobileNetV3, EfficientNet and EfficientNet-Lite0 0.77-0.95x as fast as
+    fp32 (ConvNeXt 0.98x), so those stay fp32. Full precision elsewhere (other CPUs, MPS).
     """
     on_cuda = torch.cuda.is_available() and device != "cpu"
     on_mps = not on_cuda and device in ("auto", "mps") and hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
     if precision == "auto":
         if on_cuda:
             return "bf16" if torch.cuda.is_bf16_supported() else "no"
-        return "bf16" if not on_mps and cpu_has_fast_bf16() else "no"
+        fast = not on_mps and cpu_has_fast_bf16()
+        return "bf16" if fast and not (model is not None and has_depthwise_conv(model)) else "no"
     if precision == "fp32":
         return "no"
     if precision == "fp16" and not on_cuda:

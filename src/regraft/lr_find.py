@@ -147,9 +147,10 @@ def lr_find_run(cfg, *, out, start_lr: float = 1e-7, end_lr: float = 1.0, num_st
     out = Path(out)
     run = RunDir.prepare(out, overwrite=True)
     cfg = replace(cfg, strategy=strategy, out=str(out), decode_cache=cfg.decode_cache)
-    accelerator = engine.make_accelerator(device=cfg.device, precision=cfg.precision)
     engine.seed_everything(cfg.seed)
-    setup = _pipeline.setup(cfg, strategy=strategy, accelerator=accelerator, run=run, notify=logging.getLogger(__name__).info)
+    built = _pipeline.build_model(cfg)
+    accelerator = engine.make_accelerator(device=cfg.device, precision=cfg.precision, model=built.model)
+    setup = _pipeline.setup(cfg, strategy=strategy, accelerator=accelerator, run=run, notify=logging.getLogger(__name__).info, built=built)
     result = lr_find(
         setup.model, setup.train_loader, setup.plan.optimizer,
         start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,

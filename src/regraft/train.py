@@ -88,20 +88,21 @@ def train(
     _check_cfg(cfg)
     strategy = resolve_strategy(cfg)
     cfg = replace(cfg, strategy=strategy, out=cfg.out or default_out(cfg, strategy))
+    from regraft import _pipeline as pipeline
+
+    engine.seed_everything(cfg.seed)  # the model's random initialisation draws from here
+    built = pipeline.build_model(cfg, model)  # before the accelerator: auto precision looks at the model
     accelerator = engine.make_accelerator(
-        device=cfg.device, precision=cfg.precision, grad_accum=cfg.grad_accum,
+        device=cfg.device, precision=cfg.precision, grad_accum=cfg.grad_accum, model=built.model,
         log_with=cfg.log, project_dir=str(Path(cfg.out) / "logs") if cfg.log else None,
     )
     run = RunDir(cfg.out)
     if accelerator.is_main_process:
         run = RunDir.prepare(cfg.out, overwrite=cfg.overwrite, resume=resume)
     accelerator.wait_for_everyone()
-    engine.seed_everything(cfg.seed)
     notify = _Notifier(callbacks)
 
-    from regraft import _pipeline as pipeline
-
-    setup = pipeline.setup(cfg, strategy=strategy, accelerator=accelerator, run=run, notify=notify, model=model)
+    setup = pipeline.setup(cfg, strategy=strategy, accelerator=accelerator, run=run, notify=notify, built=built)
     pipeline.announce(setup, notify)
     if accelerator.is_main_process:
         pipeline.write_run_start(run, cfg, setup)

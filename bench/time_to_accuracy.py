@@ -233,7 +233,8 @@ def _notes_b(seeds: list[int], seconds: float) -> list[str]:
         "45 val; `photos` = which of 10 photographs a small crop comes from, train/val/test from disjoint horizontal "
         "bands, 240 / 100 / 100",
         "regraft: `regraft train DATA --model tf_efficientnet_lite0 --weights W --seed S -q --set cache_dir=TMP` (defaults: "
-        "auto -> lp-ft, 5 epochs, auto numerics: bf16 autocast + channels_last on a CPU with AMX); regraft-fp32: the same "
+        "auto -> lp-ft, 5 epochs, auto numerics: for EfficientNet-Lite0 (depthwise convolutions) fp32 + channels_last, bf16 "
+        "would be chosen only for models without them); regraft-fp32: the same "
         "with `--precision fp32 --no-channels-last` (the other two methods' numerics); plain: bench/_plain.py recipe (fp32); "
         "fastai: bench/_fastai_recipe.py, `fine_tune(5)` (fp32)",
         "the model handed back: regraft's `model.safetensors` (its best validation epoch, the probe included) and the plain "

@@ -195,3 +195,34 @@ def test_bf16_training_learns_and_evaluates_in_bf16():
     state = engine.fit(model, plan, train, val, epochs=3, accelerator=acc, seed=7)
     assert state.best_val_acc > 0.85
     assert next(acc.unwrap_model(model).parameters()).dtype == torch.float32  # autocast: weights stay fp32
+
+
+def test_deferred_step_stats_read_each_step_once_in_order():
+    # on CUDA the loop reads each step's loss one step late (no stall); the figures must not change
+    seen = []
+
+    class Rec(engine.Callback):
+        def on_step(self, epoch, step, steps, loss):
+            seen.append((epoch, step, steps, round(loss, 4)))
+
+    y = torch.tensor([0, 1, 1])
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])  # 2 of 3 right
+    results = []
+    for defer in (False, True):
+        seen.clear()
+        stats = engine._StepStats(epoch=2, steps=3, callbacks=[Rec()], defer=defer)
+        for step, loss in enumerate((0.5, 0.25, 0.125)):
+            stats.add(step, torch.tensor(loss), logits, y)
+            if defer:
+                assert len(seen) == step  # the previous step only
+        stats.flush()
+        results.append((list(seen), stats.loss_sum, stats.correct, stats.seen))
+    assert results[0] == results[1]
+    assert results[0][0] == [(2, 1, 3, 0.5), (2, 2, 3, 0.25), (2, 3, 3, 0.125)]
+    assert results[0][1:] == (0.875 * 3, 6, 9)
+
+    stats = engine._StepStats(epoch=1, steps=3, callbacks=[], defer=True)
+    stats.add(0, torch.tensor(0.5), logits, y)
+    stats.add(1, torch.tensor(float("nan")), logits, y)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1, step 2: lower --lr"):
+        stats.flush()

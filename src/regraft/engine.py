@@ -238,9 +238,53 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     seed_everything(s)
 
 
-def _accuracy_counts(logits: torch.Tensor, y: torch.Tensor) -> int:
+def _correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """How many predictions are right, as a tensor on the logits' device (reading it would sync)."""
     target = y.argmax(dim=1) if y.ndim == 2 else y
-    return int((logits.argmax(dim=1) == target).sum())
+    return (logits.argmax(dim=1) == target).sum()
+
+
+class _StepStats:
+    """Per-step loss and accuracy without stalling a GPU.
+
+    Reading a CUDA loss (``float(loss)``) waits for the step to finish, so the next batch's copy
+    and kernel launches would start only then. On CUDA each step's figures are read one step
+    late, once the next step is queued behind it; elsewhere (no queue to keep full) at once,
+    before the step is applied, so a non-finite loss never reaches the weights.
+    """
+
+    def __init__(self, *, epoch: int, steps: int, callbacks: Sequence[Callback], defer: bool) -> None:
+        self.epoch, self.steps, self.callbacks, self.defer = epoch, steps, callbacks, defer
+        self.loss_sum = self.correct = self.seen = 0.0
+        self._pending: tuple[int, torch.Tensor, torch.Tensor, int] | None = None
+
+    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        item = (step, loss.detach(), _correct(logits.detach(), y), y.shape[0])
+        if not self.defer:
+            self._settle(item)
+            return
+        previous, self._pending = self._pending, item
+        if previous is not None:
+            self._settle(previous)
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            previous, self._pending = self._pending, None
+            self._settle(previous)
+
+    def _settle(self, item: tuple[int, torch.Tensor, torch.Tensor, int]) -> None:
+        step, loss_t, correct_t, n = item
+        loss = float(loss_t)
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss} at epoch {self.epoch}, step {step + 1}: lower --lr, "
+                "or train in full precision (--precision fp32); the best weights so far are kept in the run"
+            )
+        self.loss_sum += loss * n
+        self.correct += int(correct_t)
+        self.seen += n
+        for cb in self.callbacks:
+            cb.on_step(self.epoch, step + 1, self.steps, loss)
 
 
 @torch.no_grad()
@@ -275,7 +319,7 @@ def evaluate(
             logits = model(x)
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        correct += _accuracy_counts(logits, y)
+        correct += _correct(logits, y)
         count += y.shape[0]
         if collect:
             all_logits.append(logits.cpu())
@@ -423,8 +467,8 @@ def _train_one_epoch(
         after_train_mode(model)
     for cb in callbacks:
         cb.on_epoch_start(epoch + 1)
-    loss_sum = correct = seen = 0.0
     steps = len(loader)
+    stats = _StepStats(epoch=epoch + 1, steps=steps, callbacks=callbacks, defer=accelerator.device.type == "cuda")
     t0 = time.perf_counter()
     for step, (x, y) in enumerate(loader):
         x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
@@ -436,11 +480,8 @@ def _train_one_epoch(
             with accelerator.autocast():
                 logits = model(x)
                 loss = criterion(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: lower --lr, "
-                    "or train in full precision (--precision fp32); the best weights so far are kept in the run"
-                )
+            if not stats.defer:
+                stats.add(step, loss, logits, y)  # raises on a non-finite loss before it is applied
             accelerator.backward(loss)
             if clip_grad is not None and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), clip_grad)
@@ -451,14 +492,11 @@ def _train_one_epoch(
                 if ema is not None:
                     ema.update(accelerator.unwrap_model(model))
             optimizer.zero_grad(set_to_none=True)
-        n = y.shape[0]
-        loss_sum += float(loss.detach()) * n
-        correct += _accuracy_counts(logits.detach(), y)
-        seen += n
-        for cb in callbacks:
-            cb.on_step(epoch + 1, step + 1, steps, float(loss.detach()))
+        if stats.defer:
+            stats.add(step, loss, logits, y)  # reads the previous step, now queued behind this one
+    stats.flush()
     seconds = time.perf_counter() - t0
-    totals = torch.tensor([loss_sum, correct, seen], dtype=torch.float64, device=accelerator.device)
+    totals = torch.tensor([stats.loss_sum, stats.correct, stats.seen], dtype=torch.float64, device=accelerator.device)
     if accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, reduction="sum")
     loss_sum, correct, seen = (float(v) for v in totals)

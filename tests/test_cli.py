@@ -169,3 +169,18 @@ def test_numerics_are_recorded_and_eval_reproduces_them(toy_data, tmp_path):
     assert "numerics: fp32\n" in proc.stdout + proc.stderr
     env = json.loads((fp32 / "environment.json").read_text())
     assert env["precision"] == "fp32" and env["channels_last"] is False
+
+
+def test_unreadable_val_image_with_decode_cache_off_keeps_every_plot(tmp_path):
+    from tests.imagegen import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", classes=("blue", "red"), per_class=8, val_per_class=4, size=32)
+    bad = data / "val" / "red" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    run = tmp_path / "run"
+    proc = ok(run_cli("train", str(data), *TINY, "--weights", "none", "--strategy", "scratch", "--epochs", "1",
+                      "--no-decode-cache", "--out", str(run)))
+    assert "top_losses.png skipped" not in proc.stderr + proc.stdout
+    assert str(bad) in (run / "skipped_files.txt").read_text().splitlines()
+    for name in ("top_losses.png", "confusion_matrix.png", "curves.png", "report.html"):
+        assert (run / name).is_file(), name

@@ -351,6 +351,16 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 2) if values else None
 
 
+def _readable_indices(run: RunDir, dataset: Any, n: int) -> list[int] | None:
+    """The validation images the final evaluation kept (rows of its logits), when files failed to
+    decode during it: the dataset minus RUN/skipped_files.txt. None when that does not add up."""
+    from regraft.data.dataset import read_skip_log
+
+    skipped = set(read_skip_log(run.path / "skipped_files.txt"))
+    kept = [i for i, s in enumerate(dataset.samples) if str(s.path) not in skipped]
+    return kept if len(kept) == n else None
+
+
 def _draw(run: RunDir, setup: Setup, final: Any, *, world_size: int = 1) -> None:
     """Plots and the HTML report; a drawing failure is logged, never fatal to a finished run."""
     try:
@@ -359,6 +369,8 @@ def _draw(run: RunDir, setup: Setup, final: Any, *, world_size: int = 1) -> None
         n, world = final.n, world_size
         # under DDP the gathered logits come rank by rank, each rank's shard being i::world
         indices = [i for r in range(world) for i in range(r, n, world)] if world > 1 else None
+        if indices is None and n != len(setup.val_dataset):
+            indices = _readable_indices(run, setup.val_dataset, n)
         draw_run(
             run, classes=setup.classes, logits=final.logits, targets=final.targets,
             val_dataset=setup.val_dataset, train_dataset=setup.train_dataset, indices=indices,

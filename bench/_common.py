@@ -114,7 +114,11 @@ class Section:
 
 def append_results(section: Section, *, write: bool = True) -> str:
     """Print ``section`` and append it to bench/RESULTS.md (never rewriting what is there)."""
-    text = section.render()
+    return append_text(section.render(), write=write)
+
+
+def append_text(text: str, *, write: bool = True) -> str:
+    """Print a rendered section and append it to bench/RESULTS.md (never rewriting what is there)."""
     print("\n" + text, flush=True)
     if write:
         if RESULTS.exists():

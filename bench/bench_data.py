@@ -40,6 +40,9 @@ from regraft.data import DecodeCache, ImageDataset, build_transforms, discover, 
 from regraft.zoo import DataConfig
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import append_text  # noqa: E402
 
 
 def make_images(root: Path, *, n: int, width: int, height: int, classes: int = 10, seed: int = 0) -> Path:
@@ -185,7 +188,7 @@ def markdown(rows, args: argparse.Namespace, command: str, load: tuple[float, fl
     base = {wk: _later(t) for name, wk, t in rows if name == "regraft, no cache"}
     for name, workers, times in rows:
         later = _later(times)
-        ratio = f"{base[workers][0] / later[0]:.1f}x / {base[workers][1] / later[1]:.1f}x"
+        ratio = " / ".join(f"{b / t:.1f}x" if t > 0 else "n/a" for b, t in zip(base[workers], later, strict=True))
         cells = " | ".join(f"{wall:.2f} / {cpu:.2f}" for wall, cpu in times)
         lines.append(f"| {name} | {workers} | {cells} | {ratio} |")
     return "\n".join(lines) + "\n"
@@ -212,15 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args)
     command = "python bench/bench_data.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = markdown(rows, args, command.strip(), (load_before, os.getloadavg()[0]))
-    print("\n" + text)
-    if not args.no_write:
-        results = HERE / "RESULTS.md"
-        if results.exists():
-            prefix = "\n" if results.read_text().endswith("\n") else "\n\n"
-        else:
-            prefix = "# Benchmarks\n\n"
-        with results.open("a") as fh:
-            fh.write(prefix + text)
+    append_text(text, write=not args.no_write)
     return 0
 
 

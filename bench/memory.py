@@ -78,6 +78,12 @@ def _mib(n: float) -> str:
     return fmt(n / 2**20, 0)
 
 
+def _third_of_pixels(n_images: int) -> tuple[int, str]:
+    """Bytes of ``n_images`` decoded 256 px crops, and a --cache-ram budget of a third of that."""
+    decoded = n_images * 256 * 256 * 3
+    return decoded, f"{max(1, decoded // 3 // 2**20)}M"
+
+
 def same_job(folder: Path, tmp: Path) -> list[tuple[str, dict]]:
     job = ["--model", "resnet18", "--epochs", "1", "--batch-size", "32", "--img-size", "224", "--workers", "0"]
     regraft = [str(BIN / "regraft"), "train", str(folder), *job, "--weights", "none", "--strategy", "full", "--optimizer", "sgd",
@@ -160,16 +166,14 @@ def main(argv: list[str] | None = None) -> int:
                      f"{args.images} JPEGs at 256 px):", "", *table(head, _rows(res, res[0][1])), ""]
         if "2" in args.part:
             folder = many_crops(DATA / f"crops-{args.big}", n=args.big, seed=2)
-            decoded = args.big * 256 * 256 * 3
-            budget = f"{max(1, decoded // 3 // 2**20)}M"
+            decoded, budget = _third_of_pixels(args.big)
             res = over_budget(folder, tmp, budget, str(demo_weights_path()))
             body += [f"**Caches past their budget** (`regraft train` defaults: lp-ft, EfficientNet-Lite0 with ImageNet weights, "
                      f"224 px, batch 32, `--epochs 1`; {args.big} JPEGs at 256 px = {decoded / 2**20:.0f} MiB of decoded pixels; "
                      f"`--cache-ram {budget}`):", "", *table(head, _rows(res, res[0][1])), ""]
         if "3" in args.part:
             folder = many_crops(DATA / f"crops-{args.huge}", n=args.huge, seed=3)
-            decoded = args.huge * 256 * 256 * 3
-            budget = f"{max(1, decoded // 3 // 2**20)}M"
+            decoded, budget = _third_of_pixels(args.huge)
             res = caches_alone(folder, tmp, budget, str(demo_weights_path()))
             body += [f"**The caches alone** (`--strategy head`: training runs on cached features, so the caches are what grows; "
                      f"EfficientNet-Lite0, 224 px, `--epochs 1`; {args.huge} JPEGs at 256 px = {decoded / 2**20:.0f} MiB of decoded "

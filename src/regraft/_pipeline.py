@@ -64,8 +64,7 @@ def build_model(cfg: Config, model: nn.Module | None = None) -> Built:
 
 
 def setup(
-    cfg: Config, *, strategy: str, accelerator: Any, run: RunDir, notify: Callable[[str], None], model: nn.Module | None = None,
-    built: Built | None = None,
+    cfg: Config, *, strategy: str, accelerator: Any, run: RunDir, notify: Callable[[str], None], built: Built | None = None,
 ) -> Setup:
     """Everything before the first step. ``built``: from :func:`build_model` (built here when None)."""
     from regraft import data, engine, strategies, surgery
@@ -83,7 +82,7 @@ def setup(
     if unreadable:
         notify(f"{len(unreadable)} unreadable file(s) will be skipped and listed in skipped_files.txt: {', '.join(unreadable[:3])}{' ...' if len(unreadable) > 3 else ''}")
 
-    built = built or build_model(cfg, model)
+    built = built or build_model(cfg)
     model, ref = built.model, built.ref
     dcfg = built.data_config.with_overrides(
         img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct

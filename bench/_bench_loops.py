@@ -18,7 +18,7 @@ import _plain as plain
 import torch
 from _common import _cpu_now
 
-from regraft.engine import Callback
+from regraft.training.loop import Callback
 
 NUM_CLASSES = 10  # the crop folders have ten classes
 
@@ -211,13 +211,13 @@ def _regraft_cfg(s: Setting, **extra):
 class RegraftTrain:
     """regraft's engine (``engine.fit``, one epoch per round) with a ``strategies.plan`` (full).
 
-    From JPEGs: the run's whole setup, ``regraft._pipeline.setup`` (what ``regraft.train.train``
+    From JPEGs: the run's whole setup, ``regraft.training.setup.setup`` (what ``regraft.training.run.train``
     runs before ``fit``: discovery, the decode cache, loaders, the plan, ``accelerator.prepare``).
     In memory: ``zoo.build`` + ``surgery.replace_head`` + ``strategies.plan`` + ``prepare``.
     """
 
     def __init__(self, s: Setting, batches: list | None = None) -> None:
-        from regraft import engine
+        from regraft.training import loop as engine
 
         self.s, self.batches = s, batches
         self.accelerator = engine.make_accelerator(device=s.device.type, precision="bf16" if s.bf16 else "fp32")
@@ -229,8 +229,8 @@ class RegraftTrain:
             self._in_memory()
 
     def _from_folder(self) -> None:
-        from regraft import _pipeline
         from regraft.runs import RunDir
+        from regraft.training import setup as _pipeline
 
         cfg = _regraft_cfg(self.s, data=str(self.s.folder), decode_cache=True, cache_dir=str(self.s.tmp / f"cache-{self.s.model}"),
                            out=str(self.s.tmp / f"run-{self.s.model}"), overwrite=True)
@@ -253,7 +253,7 @@ class RegraftTrain:
         self.plan, self.loader, self.after_train_mode = plan, None, apply_bn_policy
 
     def round(self, steps: int) -> Rate:
-        from regraft import engine
+        from regraft.training import loop as engine
 
         timer = StepTimer(warmup=1, steps=steps, batch=self.s.batch, device=self.s.device)
         loader = Cycling(self.batches, 1 + steps) if self.batches is not None else Limited(self.loader, 1 + steps)
@@ -264,7 +264,7 @@ class RegraftTrain:
 
     def infer(self, steps: int) -> Rate:
         """``engine.evaluate`` (the validation pass) in memory; ``regraft eval``'s batch loop from JPEGs."""
-        from regraft import engine
+        from regraft.training import loop as engine
 
         if self.batches is not None:
             kw = dict(accelerator=self.accelerator, channels_last=self.s.channels_last)

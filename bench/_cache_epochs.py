@@ -2,7 +2,7 @@
 
 Two paths, each with the cache on and off, EfficientNet-Lite0 with its ImageNet weights at 224 px:
 
-- ``regraft.train.train``: what ``regraft train --strategy head [--no-feature-cache]`` runs;
+- ``regraft.training.run.train``: what ``regraft train --strategy head [--no-feature-cache]`` runs;
   whether it caches is read from its own messages (``feature cache: ...``);
 - the library path docs/features.md describes: ``_pipeline.setup`` (the run's model, plan and
   datasets), ``features.train_with_cache`` (cut + cache), then ``engine.fit`` on the cached
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _common import clock, fmt, median, table
 
-from regraft.engine import Callback
+from regraft.training.loop import Callback
 
 
 class EpochClock(Callback):
@@ -65,7 +65,7 @@ def _cfg(data: Path, weights: str, *, epochs: int, cache: bool, tmp: Path, name:
 
 
 def via_train(data: Path, weights: str, *, epochs: int, cache: bool, tmp: Path) -> EpochClock:
-    from regraft.train import train
+    from regraft.training.run import train
 
     timer = EpochClock()
     train(_cfg(data, weights, epochs=epochs, cache=cache, tmp=tmp, name=f"train-{cache}"), callbacks=[timer])
@@ -74,8 +74,10 @@ def via_train(data: Path, weights: str, *, epochs: int, cache: bool, tmp: Path) 
 
 def via_library(data: Path, weights: str, *, epochs: int, tmp: Path) -> tuple[EpochClock, float]:
     """setup -> features.train_with_cache -> engine.fit; returns the clock and the cache build seconds."""
-    from regraft import _pipeline, engine, features
+    from regraft import features
     from regraft.runs import RunDir
+    from regraft.training import loop as engine
+    from regraft.training import setup as _pipeline
 
     cfg = _cfg(data, weights, epochs=epochs, cache=True, tmp=tmp, name="library")
     timer = EpochClock()

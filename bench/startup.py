@@ -98,7 +98,7 @@ def _first_batch_worker(out: Path, argv: list[str]) -> None:
     original = progress.make_progress
 
     def make_progress(quiet: bool = False):
-        from regraft.engine import Callback
+        from regraft.training.loop import Callback
 
         class FirstStep(Callback):
             def on_message(self, text: str) -> None:

@@ -8,7 +8,7 @@ tutorials do.
 
 Rows, per model:
 
-- ``train, from JPEGs``: regraft's pipeline (``_pipeline.setup``, what ``regraft.train.train``
+- ``train, from JPEGs``: regraft's pipeline (``_pipeline.setup``, what ``regraft.training.run.train``
   runs before training: decode cache on, ``strategies.plan`` strategy full, then ``engine.fit``)
   against ``ImageFolder`` + ``transforms`` + ``DataLoader`` + the tutorial loop;
 - ``train, in memory``: the same resident batches through ``engine.fit`` with a plan from
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         f"timing: every contestant is built once, warmed up ({o.warmup} steps), then all run {o.rounds} rounds in turn "
         f"(alternating order, so that the shared machine's drift hits both sides); a round = 1 untimed + {o.steps} timed "
         f"training steps (a new epoch), or 1 untimed + {o.infer_steps} timed inference batches",
-        "regraft from JPEGs: `regraft._pipeline.setup` (what `regraft.train.train` runs before training: discovery, decode "
+        "regraft from JPEGs: `regraft.training.setup.setup` (what `regraft.training.run.train` runs before training: discovery, decode "
         "cache filled before the first step, loaders, `strategies.plan` strategy full, `accelerator.prepare`), then one "
         "`engine.fit` epoch per round; inference from JPEGs: `regraft.inference._logits`, the batch loop of `regraft eval`; "
         "regraft in memory: `engine.fit` / `engine.evaluate` on resident batches with a plan from `strategies.plan`",

@@ -1,7 +1,7 @@
 """Time to accuracy: the feature cache's epochs, and regraft's defaults against the plain recipe and fastai.
 
 (a) Seconds per epoch of strategy ``head`` at 224 px with and without the feature cache
-    (EfficientNet-Lite0, ImageNet weights, the textures task), through ``regraft.train.train``
+    (EfficientNet-Lite0, ImageNet weights, the textures task), through ``regraft.training.run.train``
     (what ``regraft train --strategy head [--no-feature-cache]`` runs) and through the library
     path the features module documents (``features.train_with_cache`` + ``engine.fit``).
 (b) Accuracy and wall time, from the same real ImageNet EfficientNet-Lite0 weights (the

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.imagegen import make_image_folder
+from tests.helpers import make_image_folder, run_cli
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("REGRAFT_NO_PROGRESS", "1")
@@ -29,18 +27,6 @@ def flat_data(tmp_path: Path) -> Path:
     )
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
-    """Run ``python -m regraft ARGS`` in a subprocess and return the CompletedProcess."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "regraft", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=full_env,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture

@@ -11,21 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli
-
-TINY = ["--model", "test_resnet", "--img-size", "32", "--batch-size", "8", "--seed", "0", "--workers", "0"]
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return proc
-
-
-def user_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
-    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{proc.stderr}"
-    assert lines[0].startswith("regraft: error: ") and fragment in lines[0], lines[0]
+from tests.helpers import TINY, ok, run_cli, user_error
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +41,7 @@ def test_help_and_version_do_not_import_torch():
     assert version.stdout.startswith("regraft ")
 
 
+@pytest.mark.slow
 def test_train_writes_the_run_contract(trained):
     _, run, proc = trained
     for name in ("config.yaml", "model.safetensors", "model.json", "metrics.csv", "summary.json",
@@ -74,6 +61,7 @@ def test_train_writes_the_run_contract(trained):
     assert "epoch 4/4" in proc.stdout and "img/s" in proc.stdout
 
 
+@pytest.mark.slow
 def test_eval_reproduces_best_val_acc(trained):
     _, run, _ = trained
     summary = json.loads((run / "summary.json").read_text())
@@ -83,6 +71,7 @@ def test_eval_reproduces_best_val_acc(trained):
     assert out["n_images"] == 16 and set(out["per_class"]) == {"blue", "red"}
 
 
+@pytest.mark.slow
 def test_predict_well_above_chance(trained):
     data, run, _ = trained
     out = json.loads(ok(run_cli("predict", str(run), str(data / "val"), "--topk", "2", "--json")).stdout)
@@ -92,6 +81,7 @@ def test_predict_well_above_chance(trained):
     assert all(abs(sum(t["prob"] for t in r["top"]) - 1.0) < 1e-4 for r in out)
 
 
+@pytest.mark.slow
 def test_config_reproduces_the_run(trained, tmp_path):
     _, run, _ = trained
     again = tmp_path / "again"
@@ -102,6 +92,7 @@ def test_config_reproduces_the_run(trained, tmp_path):
     assert yaml.safe_load((again / "config.yaml").read_text())["out"] == str(again)
 
 
+@pytest.mark.slow
 def test_flat_folder_is_split(flat_data, tmp_path):
     run = tmp_path / "flat-run"
     ok(run_cli("train", str(flat_data), *TINY, "--weights", "none", "--epochs", "1", "--val-fraction", "0.3", "--out", str(run), "-q"))
@@ -131,6 +122,7 @@ def test_user_errors_are_one_line(args, fragment, toy_data, tmp_path):
     user_error(run_cli(*filled), fragment)
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(trained, tmp_path):
     data, run, _ = trained
     before = (run / "model.safetensors").read_bytes()
@@ -149,6 +141,7 @@ def test_debug_shows_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
+@pytest.mark.slow
 def test_numerics_are_recorded_and_eval_reproduces_them(toy_data, tmp_path):
     # bf16 autocast is the default on CPUs with AMX; asked for here so that every CPU runs this path
     run = tmp_path / "bf16"
@@ -171,6 +164,7 @@ def test_numerics_are_recorded_and_eval_reproduces_them(toy_data, tmp_path):
     assert env["precision"] == "fp32" and env["channels_last"] is False
 
 
+@pytest.mark.slow
 def test_unreadable_val_image_with_decode_cache_off_keeps_every_plot(tmp_path):
     from tests.imagegen import make_image_folder
 

@@ -9,12 +9,12 @@ import subprocess
 import pytest
 import torch
 
-from regraft.compare import parse_strategies
 from regraft.errors import ConfigError
 from regraft.inference import classification_metrics, expected_calibration_error
-from tests.conftest import run_cli
-from tests.test_cli import TINY, ok, user_error
-from tests.test_report import _PROBE, _chromium
+from regraft.training.compare import parse_strategies
+from tests.helpers import CHROMIUM_PROBE, TINY, chromium, ok, run_cli, user_error
+
+pytestmark = pytest.mark.slow  # end-to-end: trains real (tiny) runs through the CLI
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_lr_find_leaves_the_model_untouched():
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from regraft.lr_find import lr_find
+    from regraft.training.lr_find import lr_find
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
@@ -115,7 +115,7 @@ def test_eval_on_another_folder_with_the_runs_classes(toy, tmp_path):
 def test_a_real_runs_report_renders_in_chromium(toy, tmp_path):
     root, _, _ = toy
     run = root / "compare" / "head"
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("no chromium binary on PATH (install Debian's 'chromium' package, or set REGRAFT_CHROMIUM)")
     if not run.is_dir():
@@ -124,7 +124,7 @@ def test_a_real_runs_report_renders_in_chromium(toy, tmp_path):
         assert (run / name).is_file(), name
     page = (run / "report.html").read_text(encoding="utf-8")
     assert 'src="http' not in page and 'href="http' not in page
-    probe = page.replace("script-src 'none'", "script-src 'unsafe-inline'").replace("</body>", _PROBE + "</body>")
+    probe = page.replace("script-src 'none'", "script-src 'unsafe-inline'").replace("</body>", CHROMIUM_PROBE + "</body>")
     target = tmp_path / "probe.html"
     target.write_text(probe, encoding="utf-8")
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

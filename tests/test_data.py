@@ -3,7 +3,6 @@ cache (identical tensors to the uncached path), skipping bad files, reproducible
 
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 
@@ -32,72 +31,12 @@ from regraft.data import (
 from regraft.data.imageio import read_image_bytes
 from regraft.errors import ConfigError, DataError
 from regraft.zoo import DataConfig
-from tests.imagegen import make_image_folder
+from tests.helpers import BAD_KINDS, jpeg_bytes, make_image_folder, make_messy_folder
 
 SMALL = DataConfig(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), crop_pct=0.875)
 
 
 # ----------------------------------------------------------------------------- a messy folder
-
-
-def _jpeg(arr: np.ndarray, **kw) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "JPEG", quality=92, **kw)
-    return buf.getvalue()
-
-
-def make_messy_folder(root: Path, *, seed: int = 0) -> dict[str, Path]:
-    """train/{cat,dog} + val/{cat,dog} with one file of every awkward kind in train/cat.
-
-    Returns the awkward files by kind: the unusable ones (``empty``, ``truncated``,
-    ``text``), the odd-but-fine ones (``rgba``, ``palette``, ``cmyk``, ``deep16``, ``gray``,
-    ``rotated``), the ignored ones (``hidden``, ``appledouble``, ``hidden_dir``, ``notes``) and
-    ``leak`` (a copy of train/cat/good_0.jpg in val/cat).
-    """
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", 4), ("val", 2)):
-        for cls in ("cat", "dog"):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                (d / f"good_{i}.jpg").write_bytes(_jpeg(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)))
-    cat = root / "train" / "cat"
-    f = {k: cat / name for k, name in {
-        "empty": "empty.jpg", "truncated": "trunc.jpg", "text": "text.jpg", "rgba": "rgba.png",
-        "palette": "palette.png", "cmyk": "cmyk.jpg", "deep16": "deep16.png", "gray": "gray.png",
-        "rotated": "rotated.jpg", "hidden": ".hidden.jpg", "appledouble": "._good_0.jpg",
-        "notes": "notes.txt",
-    }.items()}
-    f["empty"].write_bytes(b"")
-    whole = _jpeg(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    f["truncated"].write_bytes(whole[: len(whole) * 6 // 10])
-    f["text"].write_text("this is not an image\n")
-    rgba = np.zeros((16, 16, 4), np.uint8)
-    rgba[..., 2] = 255
-    rgba[:, 8:, 3] = 255  # left half fully transparent (its colour, blue, must not show)
-    Image.fromarray(rgba, "RGBA").save(f["rgba"])
-    pal = Image.new("P", (16, 16), 0)
-    pal.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
-    pal.paste(1, (8, 0, 16, 16))
-    pal.save(f["palette"], transparency=0)  # index 0 (left half) transparent
-    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(f["cmyk"], quality=95)  # red
-    Image.fromarray(np.full((16, 16), 40000, np.uint16)).save(f["deep16"])  # I;16
-    Image.fromarray(np.full((16, 16), 90, np.uint8), "L").save(f["gray"])
-    upright = np.zeros((20, 40, 3), np.uint8)
-    upright[:, :20] = (255, 0, 0)  # stored: red left, blue right; orientation 6 = turn 90° clockwise
-    upright[:, 20:] = (0, 0, 255)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(upright).save(f["rotated"], exif=exif.tobytes(), quality=95)
-    f["hidden"].write_bytes(b"junk")
-    f["appledouble"].write_bytes(b"junk")
-    f["notes"].write_text("labels are folder names\n")
-    f["hidden_dir"] = cat / ".thumbnails" / "t.jpg"
-    f["hidden_dir"].parent.mkdir()
-    f["hidden_dir"].write_bytes(b"junk")
-    f["leak"] = root / "val" / "cat" / "leak.jpg"
-    shutil.copy(cat / "good_0.jpg", f["leak"])
-    return f
 
 
 @pytest.fixture
@@ -106,7 +45,6 @@ def messy(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
     return root, make_messy_folder(root)
 
 
-BAD_KINDS = {"empty": "empty", "truncated": "truncated", "text": "not-image"}
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -288,7 +226,7 @@ def test_unreadable_files_raise_with_path_and_kind(messy, tmp_path, kind, expect
 
 def test_large_jpeg_draft_decode_gives_the_exact_target_size(tmp_path):
     path = tmp_path / "big.jpg"
-    path.write_bytes(_jpeg(np.random.default_rng(0).integers(0, 255, (300, 403, 3), dtype=np.uint8)))
+    path.write_bytes(jpeg_bytes(np.random.default_rng(0).integers(0, 255, (300, 403, 3), dtype=np.uint8)))
     out = decode_resized(path.read_bytes(), name=str(path), resize=ResizeSpec(shorter=36))
     assert out.shape == (36, int(36 * 403 / 300), 3)
     assert decode_resized(path.read_bytes(), name="x", resize=ResizeSpec(exact=(20, 30))).shape == (20, 30, 3)
@@ -509,7 +447,7 @@ def test_loader_order_depends_only_on_seed_and_epoch(toy_data):
 
 
 def test_loader_accepts_a_distributed_batch_sampler(toy_data):
-    from regraft._sampler import EpochBatchSampler
+    from regraft.data.sampler import EpochBatchSampler
 
     ds = ImageDataset(discover(toy_data).train, build_transforms(SMALL, train=True))
     shards = [

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from regraft import engine
-from regraft._sampler import EpochBatchSampler
+from regraft.data.sampler import EpochBatchSampler
 from regraft.errors import TrainingError
 from regraft.runs import RunDir, load_checkpoint
+from regraft.training import loop as engine
 
 
 class _Plan:

@@ -19,7 +19,8 @@ from PIL import Image
 
 from regraft.errors import ConfigError, ExportError, MissingDependencyError
 from regraft.export import ExportResult, export, predict_onnx
-from regraft.runs import RunDir, load_run
+from regraft.inference import load_run
+from regraft.runs import RunDir
 from tests.imagegen import class_colour, make_image
 
 pytest.importorskip("onnxruntime")
@@ -30,8 +31,8 @@ CLASSES = ["blue", "green", "red"]
 def make_run(path: Path, *, model: str, classes: list[str], size: int, interpolation: str = "bicubic") -> Path:
     """A finished-looking run folder: model.json and model.safetensors, no training."""
     from regraft import surgery, zoo
-    from regraft._pipeline import model_card
     from regraft.config import Config
+    from regraft.training.setup import model_card
 
     torch.manual_seed(0)
     ref = zoo.resolve(model)
@@ -112,7 +113,7 @@ def _load_torch_export(fmt: str, path: Path, run_dir: Path):
         return torch.export.load(str(path)).module()
     from safetensors.torch import load_file
 
-    from regraft.runs import build_model_from_card
+    from regraft.inference import build_model_from_card
 
     model = build_model_from_card(json.loads((path.parent / "model.json").read_text()))
     model.load_state_dict(load_file(str(path)), strict=True)
@@ -155,6 +156,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "regraft", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_export_then_predict_from_onnx_matches_predict_from_run(run_dir, images, tmp_path):
     out = tmp_path / "deploy" / "clf.onnx"
     done = _cli("export", str(run_dir), "--format", "onnx", "--out", str(out))
@@ -218,7 +220,7 @@ def test_missing_onnxruntime_names_the_extra(run_dir, onnx_result, images, monke
 
 
 def test_export_above_tolerance_is_refused_and_nothing_written(run_dir, monkeypatch, tmp_path):
-    from regraft import _export_formats
+    from regraft.export import formats as _export_formats
 
     real = _export_formats.reload
     monkeypatch.setattr(_export_formats, "reload", lambda fmt, data, *, model: (lambda x: real(fmt, data, model=model)(x) + 0.5))
@@ -229,7 +231,7 @@ def test_export_above_tolerance_is_refused_and_nothing_written(run_dir, monkeypa
 
 
 def test_export_whose_batch_axis_is_frozen_is_refused(run_dir, monkeypatch, tmp_path):
-    from regraft import _export_formats
+    from regraft.export import formats as _export_formats
 
     monkeypatch.setattr(_export_formats, "reload", lambda fmt, data, *, model: (lambda x: model(x[:2])))
     with pytest.raises(ExportError, match=r"shape \(2, 3\) for a batch of 3.*batch axis is not dynamic"):
@@ -255,7 +257,7 @@ def test_onnx_without_its_model_json_says_how_to_fix(onnx_result, images, tmp_pa
 
 
 def test_onnx_preprocessing_crops_like_torchvision():
-    from regraft._export_runtime import _crop_box, _resized
+    from regraft.export.runtime import _crop_box, _resized
 
     assert _resized((300, 200), 256) == (384, 256)  # landscape: height to 256
     assert _resized((200, 301), 256) == (256, 385)  # torchvision truncates the long side

@@ -11,10 +11,11 @@ import torch
 import torchvision
 from torch import nn
 
-from regraft import data, engine, features, zoo
-from regraft._sampler import EpochBatchSampler
+from regraft import data, features, zoo
 from regraft.config import Config
+from regraft.data.sampler import EpochBatchSampler
 from regraft.freezing import apply_bn_policy, freeze
+from regraft.training import loop as engine
 
 TV = torchvision.models
 
@@ -347,7 +348,9 @@ def test_linear_probe_fits_the_head_and_gives_the_flags_back(toy_data, cache):
     rec = _Recorder()
     # uncached epochs run the whole network: fewer of them
     cfg = _cfg(toy_data, augment="light", feature_views=3, lp_epochs=30 if cache else 5, feature_cache=cache)
-    result = features.linear_probe(model, head="fc", train_dataset=train, val_dataset=val, cfg=cfg,
+    from regraft.training.probe import linear_probe
+
+    result = linear_probe(model, head="fc", train_dataset=train, val_dataset=val, cfg=cfg,
                                    accelerator=engine.make_accelerator(device="cpu"), callbacks=[rec])
     assert result.best_val_acc >= 0.9 and result.cached is cache
     where = "on cached features" if cache else "through the frozen network"

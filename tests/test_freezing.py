@@ -15,49 +15,7 @@ from torch import nn
 from regraft.errors import FreezeError
 from regraft.freezing import FreezePlan, apply_bn_policy, freeze, select, stages
 from regraft.optim import build_optimizer, param_groups
-
-
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-
-class TinyResNet(nn.Module):
-    """ResNet's layout (conv1, bn1, layer1..layer4, fc) at toy size; shared by the optim/strategies tests."""
-
-    def __init__(self, num_classes: int = 3) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)
-        self.layer1, self.layer2, self.layer3, self.layer4 = _block(4, 4), _block(4, 8), _block(8, 8), _block(8, 8)
-        self.fc = nn.Linear(8, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-class TinyVGG(nn.Module):
-    """VGG's layout at toy size: conv blocks split by max-pool, classifier fc1, fc2, head."""
-
-    def __init__(self, *, dropout: bool = True, blocks: int = 2) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        for _ in range(blocks - 1):
-            layers += [nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d(2)
-        drop = [nn.Dropout()] if dropout else []
-        self.classifier = nn.Sequential(
-            nn.Linear(32, 16), nn.ReLU(), *drop, nn.Linear(16, 16), nn.ReLU(), *drop, nn.Linear(16, 3)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-def tiny_resnet() -> nn.Module:
-    torch.manual_seed(0)
-    return TinyResNet()
+from tests.helpers import TinyVGG, tiny_resnet
 
 
 def tiny_vgg(*, dropout: bool = True) -> nn.Module:

@@ -20,7 +20,7 @@ from regraft.optim import (
     split_by_epoch,
     stage_scales,
 )
-from tests.test_freezing import TinyResNet
+from tests.helpers import TinyResNet
 
 SCHEDULES = ("constant", "cosine", "onecycle", "step")
 

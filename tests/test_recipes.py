@@ -3,7 +3,7 @@
 Every test runs its recipe through the real CLI, overriding only what CI's two CPU cores need
 (32 px, 1 epoch, small batches, no loader workers, and no network: VGG loads ``--weights none``,
 ResNet-18's ``IMAGENET1K_V1`` comes from a ``TORCH_HOME`` cache holding a random ResNet-18 under
-the real file name). It then runs the Python of the recipe's page, with ``regraft.train.train``
+the real file name). It then runs the Python of the recipe's page, with ``regraft.training.run.train``
 patched to record each Config and, where cheap enough, to train it with the same overrides.
 """
 
@@ -24,11 +24,13 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import regraft.train
+import regraft.training.run
 from regraft import zoo
 from regraft.config import Config, load_config
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.imagegen import make_image_folder
+
+pytestmark = pytest.mark.slow  # end-to-end: trains real (tiny) runs through the CLI
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -118,13 +120,13 @@ def doc_python(name: str, constants: dict[str, Any]) -> str:
 def run_doc(name: str, constants: dict[str, Any], monkeypatch, cwd: Path, *, train: bool) -> tuple[dict, list[Config]]:
     """Execute a page's Python in ``cwd``; ``train=False`` records each run's Config without training."""
     calls: list[Config] = []
-    real: Callable = regraft.train.train
+    real: Callable = regraft.training.run.train
 
     def recording_train(cfg: Config, **kwargs: Any):
         calls.append(cfg)
         return real(cfg.merged(CI), **kwargs) if train else None
 
-    monkeypatch.setattr(regraft.train, "train", recording_train)
+    monkeypatch.setattr(regraft.training.run, "train", recording_train)
     monkeypatch.chdir(cwd)
     namespace: dict[str, Any] = {"__name__": f"docs_recipes_{name}"}
     exec(compile(doc_python(name, constants), str(DOCS / f"{name}.md"), "exec"), namespace)  # noqa: S102 - our own docs
@@ -347,7 +349,7 @@ def test_mobilenet_v2_local(tmp_path, monkeypatch) -> None:
     assert (out / "comparison.png").stat().st_size > 0
     assert all(f"| {s} |" in (out / "comparison.md").read_text() for s in stages)
 
-    # the page's Python: by name and by shape, then the three runs through regraft.compare
+    # the page's Python: by name and by shape, then the three runs through regraft.training.compare
     ns, calls = run_doc("mobilenet_v2_local", {"DATA": str(data)}, monkeypatch, work, train=True)
     assert ns["report"].missing == ["classifier.1.weight", "classifier.1.bias"] and ns["report"].unexpected == []
     assert all("--skip" in v for v in ns["report"].skipped.values()) and len(ns["report"].skipped) == 2
@@ -380,7 +382,7 @@ def test_backbone_neck(tmp_path, monkeypatch, offline_weights) -> None:
     assert by_lr == {1e-3: 256 * 256 * 9 + 2 * 256, 1e-2: 256 * 2 + 2}
 
     # the run loads back as the new model; its trunk is bitwise the pretrained one
-    from regraft.runs import load_run
+    from regraft.inference import load_run
     from regraft.surgery import Grafted
 
     model = load_run(run).model

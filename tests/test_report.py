@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +19,7 @@ from regraft import report
 from regraft.errors import RegraftError, RunError
 from regraft.report import ReportError
 from regraft.runs import RunDir
+from tests.helpers import CHROMIUM_PROBE, chromium
 
 HOSTILE = "<script>alert('x')</script>&\"$5 note\""
 
@@ -404,32 +403,13 @@ def test_confusion_matrix_and_to_image():
 
 # ---------------------------------------------------------------------------- a real browser
 
-_PROBE = """<script>
-window.addEventListener("load", function () {
-  var all = Array.prototype.slice.call(document.images);
-  var ok = all.filter(function (i) { return i.complete && i.naturalWidth > 0; });
-  var bad = all.filter(function (i) { return ok.indexOf(i) < 0; }).map(function (i) { return i.alt; });
-  document.body.setAttribute("data-images", ok.length + "/" + all.length);
-  document.body.setAttribute("data-broken", bad.join(","));
-});
-</script>
-"""
-
-
-def _chromium() -> str | None:
-    for name in (os.environ.get("REGRAFT_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if name and (found := shutil.which(name)):
-            return found
-    return None
-
-
 def test_report_renders_in_headless_chromium(fake_run, page, tmp_path):
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("no chromium binary on PATH (install Debian's 'chromium' package, or set REGRAFT_CHROMIUM)")
     # The report runs no script and its CSP forbids any; this copy allows one inline probe that
     # counts the images the browser decoded. img-src stays 'data:' only, as in the real page.
-    probe_page = page.replace("script-src 'none'", "script-src 'unsafe-inline'").replace("</body>", _PROBE + "</body>")
+    probe_page = page.replace("script-src 'none'", "script-src 'unsafe-inline'").replace("</body>", CHROMIUM_PROBE + "</body>")
     assert probe_page.count("script-src 'unsafe-inline'") == 1
     target = tmp_path / "probe.html"
     target.write_text(probe_page, encoding="utf-8")

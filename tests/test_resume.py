@@ -17,8 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from regraft.runs import load_checkpoint
-from tests.conftest import run_cli
-from tests.test_cli import TINY, ok
+from tests.helpers import TINY, ok, run_cli
+
+pytestmark = pytest.mark.slow  # end-to-end: trains real (tiny) runs through the CLI
 
 EPOCHS = 5
 TIMING = {"images_per_sec", "epoch_seconds"}

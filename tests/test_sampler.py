@@ -1,6 +1,6 @@
 import pytest
 
-from regraft._sampler import EpochBatchSampler
+from regraft.data.sampler import EpochBatchSampler
 
 
 @pytest.mark.parametrize(("n", "bs", "world"), [(10, 4, 1), (9, 4, 2), (17, 4, 2), (33, 8, 3), (5, 2, 2), (64, 16, 4)])

@@ -11,8 +11,8 @@ import pytest
 
 from regraft.data import scan
 from regraft.errors import DataError
+from tests.helpers import BAD_KINDS, make_messy_folder
 from tests.imagegen import make_image_folder
-from tests.test_data import BAD_KINDS, make_messy_folder
 
 
 @pytest.fixture

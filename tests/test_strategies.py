@@ -15,7 +15,7 @@ from torch import nn
 from regraft.config import Config
 from regraft.errors import ConfigError, FreezeError
 from regraft.strategies import DEFAULT_LR, STRATEGIES, TrainPlan, default_lr, format_audit, plan
-from tests.test_freezing import TinyResNet, TinyVGG
+from tests.helpers import TinyResNet, TinyVGG
 
 
 def resnet18() -> nn.Module:
@@ -279,8 +279,8 @@ def loaders() -> tuple:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_each_strategy_trains_in_the_engine_with_frozen_parts_bitwise_fixed(strategy: str) -> None:
-    from regraft import engine
     from regraft.freezing import apply_bn_policy
+    from regraft.training import loop as engine
 
     torch.manual_seed(0)
     model = TinyResNet()
@@ -303,9 +303,9 @@ def test_each_strategy_trains_in_the_engine_with_frozen_parts_bitwise_fixed(stra
 
 
 def test_engine_checkpoint_restores_the_plan() -> None:
-    from regraft import engine
     from regraft.freezing import apply_bn_policy
     from regraft.runs import RunDir, load_checkpoint
+    from regraft.training import loop as engine
 
     def fresh():
         torch.manual_seed(0)

@@ -69,9 +69,9 @@ def fit(model: str | nn.Module, data: str | Path, **settings: Any):
         data: an image folder (see ``regraft train --help``).
 
     Returns:
-        A :class:`regraft.train.RunResult` (``.run``, ``.summary``, ``.history``).
+        A :class:`regraft.training.run.RunResult` (``.run``, ``.summary``, ``.history``).
     """
-    from regraft.train import train
+    from regraft.training.run import train
 
     if isinstance(model, nn.Module):
         settings.setdefault("weights", "none")

@@ -95,7 +95,7 @@ class DemoResult:
 def run_demo(out: str | Path = "demo-runs", *, epochs: int = 3, img_size: int = 128, callbacks=(), seed: int = 0) -> DemoResult:
     """Build the data, fine-tune the pretrained model and train the scratch one with the same budget."""
     from regraft.config import Config
-    from regraft.train import train
+    from regraft.training.run import train
 
     out = Path(out)
     data = make_demo_data(out / "data", size=img_size, seed=seed)

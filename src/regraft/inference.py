@@ -15,14 +15,104 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from regraft._files import expand_paths, list_images
-from regraft.errors import DataError
-from regraft.runs import LoadedRun, load_run
+from regraft.data.files import expand_paths, list_images
+from regraft.errors import DataError, RunError
+from regraft.runs import RunDir
 
-__all__ = ["evaluate_run", "predict", "classification_metrics", "expected_calibration_error", "list_images", "expand_paths"]
+__all__ = ["LoadedRun", "load_run", "build_model_from_card", "evaluate_run", "predict", "classification_metrics", "expected_calibration_error", "list_images", "expand_paths"]
 
 log = logging.getLogger(__name__)
+
+
+class LoadedRun:
+    """A finished run loaded back: the model in eval mode, its preprocessing and class names."""
+
+    def __init__(self, run: RunDir, model: nn.Module, card: dict[str, Any]) -> None:
+        self.run = run
+        self.model = model
+        self.card = card
+        self.classes: list[str] = list(card["classes"])
+
+    @property
+    def data_config(self):
+        from regraft.zoo import DataConfig
+
+        pre = self.card["preprocessing"]
+        return DataConfig(
+            input_size=tuple(pre["input_size"]),
+            mean=tuple(pre["mean"]),
+            std=tuple(pre["std"]),
+            interpolation=pre["interpolation"],
+            crop_pct=float(pre["crop_pct"]),
+        )
+
+    def transform(self):
+        """The evaluation transform (resize, centre crop, normalise) the model was trained with."""
+        from regraft.data import build_transforms
+
+        return build_transforms(self.data_config, train=False)
+
+    def __iter__(self):  # model, transform, classes = rg.load_run(RUN)
+        return iter((self.model, self.transform(), self.classes))
+
+
+def build_model_from_card(card: dict[str, Any], *, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the architecture a run trained (zoo model, new head, surgery) without weights.
+
+    ``model``: for runs of your own module, a fresh instance of it (the card cannot rebuild it).
+    """
+    from regraft import surgery, zoo
+
+    arch = card["architecture"]
+    if model is None:
+        if arch["zoo"] not in zoo.ZOOS:
+            raise RunError(
+                f"this run trained a custom module ({arch['name']}); pass a fresh instance: load_run(RUN, model=MyNet())"
+            )
+        model = zoo.build(zoo.ModelRef(arch["zoo"], arch["name"]))
+    surgery.replace_head(
+        model,
+        card["num_classes"],
+        hidden=tuple(arch.get("head_hidden") or ()),
+        dropout=float(arch.get("head_dropout") or 0.0),
+    )
+    ops = arch.get("surgery") or []
+    if ops:
+        surgery.apply(model, ops, input_size=tuple(card["preprocessing"]["input_size"]))
+    if arch.get("frozen_bn"):
+        from regraft.freezing import swap_frozen_bn
+
+        swap_frozen_bn(model, arch["frozen_bn"])
+    return model
+
+
+def load_run(
+    path: str | Path, *, device: str | torch.device = "cpu", weights: str = "model.safetensors", model: nn.Module | None = None
+) -> LoadedRun:
+    """Load a finished run: rebuild its model, load its best weights, put it in eval mode.
+
+    Returns:
+        A :class:`LoadedRun`; ``model, transform, classes = rg.load_run(RUN)`` also works.
+
+    Raises:
+        RunError: the folder is not a finished run.
+    """
+    from safetensors.torch import load_file
+
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise RunError(f"run folder not found: {run.path}")
+    card = run.read_json("model.json")
+    model = build_model_from_card(card, model=model)
+    wpath = run.path / weights
+    if not wpath.is_file():
+        raise RunError(f"{run.path} is not a finished run: {weights} is missing")
+    state = load_file(str(wpath))
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    return LoadedRun(run, model, card)
 
 
 def _device(device: str) -> torch.device:

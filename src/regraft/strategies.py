@@ -15,7 +15,7 @@ strategy          trains                                      learning rates
 
 ``train``, ``freeze``, ``freeze_to`` and ``unfreeze`` in the config replace the strategy's choice
 of what trains; the strategy still sets the learning rates. ``auto`` is resolved by the caller
-(:func:`regraft.train.resolve_strategy`).
+(:func:`regraft.training.run.resolve_strategy`).
 
 Example:
     >>> import torchvision
@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from regraft._stages import under
 from regraft.config import Config
 from regraft.errors import ConfigError
 from regraft.freezing import (
@@ -46,6 +45,7 @@ from regraft.freezing import (
     stages,
     swap_frozen_bn,
 )
+from regraft.freezing.stages import under
 from regraft.optim import (
     GroupScheduler,
     UnfreezeSchedule,
@@ -283,7 +283,7 @@ def plan(model: nn.Module, *, strategy: str, cfg: Config, steps_per_epoch: int, 
         FreezeError: a freeze or unfreeze spec matches nothing, or nothing would train.
     """
     if strategy not in STRATEGIES:
-        hint = " (resolve 'auto' first with regraft.train.resolve_strategy)" if strategy == "auto" else ""
+        hint = " (resolve 'auto' first with regraft.training.run.resolve_strategy)" if strategy == "auto" else ""
         raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}; got '{strategy}'{hint}")
     head = resolve_head(model, head)
     layout = stages(model, head=head)

@@ -6,7 +6,7 @@ import math
 import os
 import sys
 
-from regraft.engine import Callback, EpochResult
+from regraft.training.loop import Callback, EpochResult
 
 
 def epoch_line(r: EpochResult, epochs: int) -> str:

@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from regraft.cli._progress import make_progress
-    from regraft.compare import compare, parse_strategies
     from regraft.errors import ConfigError
+    from regraft.training.compare import compare, parse_strategies
 
     if args.resume:
         raise ConfigError("compare cannot --resume; resume one strategy's run with 'regraft train --resume OUT/STRATEGY'")

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from regraft.lr_find import lr_find_run
+    from regraft.training.lr_find import lr_find_run
 
     cfg = train_cli.config_from_args(args)
     out = Path(cfg.out or "runs/lr-find")

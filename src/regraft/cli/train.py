@@ -129,7 +129,7 @@ def _split_pair(text: str, flag: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from regraft.cli._progress import make_progress
-    from regraft.train import train
+    from regraft.training.run import train
 
     cfg = config_from_args(args)
     callbacks = make_progress(args.quiet)

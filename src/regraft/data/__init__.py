@@ -22,22 +22,25 @@ import importlib
 from typing import Any
 
 __all__ = [
-    "Sample", "DataSplits", "discover", "split_stratified", "IMAGE_EXTENSIONS",
+    "Sample", "DataSplits", "discover", "split_stratified", "IMAGE_EXTENSIONS", "list_images", "expand_paths",
     "ImageDecodeError", "ResizeSpec", "load_image", "decode_image", "decode_resized", "probe_image",
     "ImageTransform", "build_transforms", "mixup_cutmix", "AUGMENTS",
     "DecodeCache", "CachedImages", "parse_bytes", "default_cache_dir",
     "ImageDataset", "SkipLog", "read_skip_log", "check_readable", "sample_batch",
-    "make_loader", "EpochBatches", "default_workers",
+    "make_loader", "EpochBatchSampler", "default_workers",
     "scan", "ScanReport",
 ]
 
 _WHERE = {
-    "discovery": ("Sample", "DataSplits", "discover", "split_stratified", "IMAGE_EXTENSIONS"),
+    "discovery": ("discover",),
+    "splits": ("Sample", "DataSplits", "split_stratified"),
+    "files": ("IMAGE_EXTENSIONS", "list_images", "expand_paths"),
     "imageio": ("ImageDecodeError", "ResizeSpec", "load_image", "decode_image", "decode_resized", "probe_image"),
     "transforms": ("ImageTransform", "build_transforms", "mixup_cutmix", "AUGMENTS"),
     "cache": ("DecodeCache", "CachedImages", "parse_bytes", "default_cache_dir"),
     "dataset": ("ImageDataset", "SkipLog", "read_skip_log", "check_readable", "sample_batch"),
-    "loader": ("make_loader", "EpochBatches", "default_workers"),
+    "loader": ("make_loader", "default_workers"),
+    "sampler": ("EpochBatchSampler",),
     "scanning": ("scan", "ScanReport"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}

@@ -11,14 +11,8 @@ import logging
 import os
 from pathlib import Path
 
-from regraft.data.discovery import (
-    IMAGE_EXTENSIONS,
-    VAL_DIR_NAMES,
-    DataSplits,
-    Sample,
-    list_images,
-    split_stratified,
-)
+from regraft.data.files import IMAGE_EXTENSIONS, VAL_DIR_NAMES, walk_images
+from regraft.data.splits import DataSplits, Sample, split_stratified
 from regraft.errors import DataError
 
 log = logging.getLogger("regraft.data.discovery")
@@ -124,7 +118,7 @@ def _collect(folder: Path, classes: list[str], report: _Problems, *, required: b
     ignored: list[str] = []
     missing: list[str] = []
     for label, name in enumerate(classes):
-        images, others = list_images(dirs[name]) if name in dirs else ([], [])
+        images, others = walk_images(dirs[name]) if name in dirs else ([], [])
         ignored.extend(others)
         samples.extend(Sample(p, label) for p in images)
         if not images:

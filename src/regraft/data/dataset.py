@@ -27,7 +27,6 @@ from torch.utils.data import Dataset
 
 from regraft.data._system import cpu_count
 from regraft.data.cache import CachedImages, DecodeCache
-from regraft.data.discovery import DataSplits, Sample
 from regraft.data.imageio import (
     ImageDecodeError,
     decode_resized,
@@ -35,6 +34,7 @@ from regraft.data.imageio import (
     probe_image,
     read_image_bytes,
 )
+from regraft.data.splits import DataSplits, Sample
 from regraft.data.transforms import ImageTransform
 from regraft.errors import DataError
 

@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from regraft.data._system import cpu_count
 from regraft.data.dataset import ImageDataset, sample_seed
+from regraft.data.sampler import EpochBatchSampler
 from regraft.data.transforms import ImageTransform
 
-__all__ = ["make_loader", "EpochBatches", "default_workers"]
+__all__ = ["make_loader", "default_workers"]
 
 
 def default_workers(n_items: int, *, batch_size: int) -> int:
@@ -44,29 +45,6 @@ def default_workers(n_items: int, *, batch_size: int) -> int:
     if cpus <= 2 or n_items < 4 * batch_size:
         return 0
     return min(8, cpus - 1)
-
-
-class EpochBatches:
-    """Batches of indices; a new permutation each epoch, depending only on ``(seed, epoch)``."""
-
-    def __init__(self, n: int, *, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False) -> None:
-        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, max(1, batch_size), shuffle, seed, drop_last
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield order[start : start + self.batch_size]
 
 
 class _SeededBatches:
@@ -219,7 +197,7 @@ def make_loader(
         A ``DataLoader`` yielding ``(images float (B, 3, H, W), labels long (B,))``; its
         ``batch_sampler.set_epoch(e)`` selects the epoch.
     """
-    inner = batch_sampler or EpochBatches(len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)  # type: ignore[arg-type]
+    inner = batch_sampler or EpochBatchSampler(len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed, even=False, drop_last=drop_last)  # type: ignore[arg-type]
     sampler: Iterable = _SeededBatches(inner, seed) if isinstance(dataset, ImageDataset) else inner
     view: Dataset = dataset
     collate: Any = _collate_present

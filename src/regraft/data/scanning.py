@@ -26,8 +26,8 @@ from typing import Any
 
 from regraft.data._layouts import find_splits
 from regraft.data._system import cpu_count
-from regraft.data.discovery import DataSplits
 from regraft.data.imageio import ImageDecodeError, _open, _open_loaded, read_image_bytes
+from regraft.data.splits import DataSplits
 
 __all__ = ["scan", "ScanReport", "BadFile"]
 

@@ -29,10 +29,10 @@ from regraft.weights._matching import adapt_conv, match_state_dict
 from regraft.weights._rename import parse_rules
 from regraft.weights._report import LoadReport, check_coverage
 from regraft.weights._safe_load import read_file, unwrap_state_dict
-from regraft.weights._sources import is_none, locate, sha256_of
+from regraft.weights._sources import is_none, is_pretrained, locate, sha256_of
 from regraft.zoo import ModelRef
 
-__all__ = ["load_weights", "read_state_dict", "LoadReport", "check_coverage", "adapt_conv"]
+__all__ = ["load_weights", "read_state_dict", "LoadReport", "check_coverage", "adapt_conv", "is_pretrained"]
 
 log = logging.getLogger(__name__)
 

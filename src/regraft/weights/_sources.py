@@ -23,7 +23,7 @@ from pathlib import Path
 from regraft.errors import WeightsError
 from regraft.zoo import ModelRef
 
-__all__ = ["Located", "locate", "is_none", "sha256_of", "hf_cache_dir", "torch_hub_checkpoints"]
+__all__ = ["Located", "locate", "is_none", "is_pretrained", "sha256_of", "hf_cache_dir", "torch_hub_checkpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,14 @@ class Located:
     verified: bool = False  # True when a sha256 was already checked on this file
 
 
-def is_none(source: str) -> bool:
-    """True for the sources meaning "no weights"."""
-    return source.strip().lower() in ("none", "", "random", "scratch")
+def is_none(source: str | None) -> bool:
+    """True for the sources meaning "no weights" (None, ``none``, ``random``, ``scratch``, empty)."""
+    return source is None or str(source).strip().lower() in ("none", "", "random", "scratch")
+
+
+def is_pretrained(source: str | None) -> bool:
+    """Whether a weights spec names weights to load (the opposite of :func:`is_none`)."""
+    return not is_none(source)
 
 
 def locate(source: str, *, arch: ModelRef | None, sha256: str | None = None) -> Located:

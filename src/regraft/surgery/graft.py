@@ -16,9 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from regraft._surgery_diff import short
-from regraft._surgery_paths import lookup, resolve_path, split_path
-from regraft._surgery_shapes import (
+from regraft.errors import SurgeryError
+from regraft.families import GRAFTED, family
+from regraft.surgery.diff import short
+from regraft.surgery.heads import find_head
+from regraft.surgery.names import resolve_path
+from regraft.surgery.paths import lookup, split_path
+from regraft.surgery.shapes import (
     _eval_no_grad,
     default_input_size,
     dummy_input,
@@ -26,8 +30,7 @@ from regraft._surgery_shapes import (
     model_device,
     validate,
 )
-from regraft._surgery_specs import build_module
-from regraft.errors import SurgeryError
+from regraft.surgery.specs import build_module
 
 __all__ = ["Grafted", "extract", "graft_in_place"]
 
@@ -36,6 +39,8 @@ log = logging.getLogger(__name__)
 
 class Grafted(nn.Module):
     """A trunk cut out of a network with a new head on top: ``head(trunk(x))``."""
+
+    regraft_family = GRAFTED  # how regraft.families recognises it
 
     def __init__(self, trunk: nn.Module, head: nn.Module) -> None:
         super().__init__()
@@ -59,8 +64,6 @@ def _single_output(gm: Any) -> Any:
 
 
 def _fx_trunk(model: nn.Module, path: str) -> nn.Module | None:
-    from regraft._surgery_head import family
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -196,7 +199,6 @@ def graft_in_place(
     ``head`` is a module spec (or module); by default global average pooling, flatten and a
     Linear for ``num_classes`` (default: the old head's output count).
     """
-    from regraft._surgery_head import find_head
 
     if num_classes is None and head is None:
         old = lookup(model, find_head(model))

@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from regraft._stages import find_stages, under
-from regraft._unfreeze import UnfreezeSchedule, UnfreezeStep, split_by_epoch
 from regraft.errors import ConfigError, FreezeError
 from regraft.freezing import resolve_head
+from regraft.freezing.stages import find_stages, under
+from regraft.optim.unfreeze import UnfreezeSchedule, UnfreezeStep, split_by_epoch
 
 __all__ = [
     "param_groups",

@@ -30,14 +30,15 @@ from typing import Any
 
 from torch import nn
 
-from regraft._surgery_diff import SurgeryDiff, snapshot
-from regraft._surgery_extract import Grafted, extract
-from regraft._surgery_head import HeadInit, find_head, replace_head
-from regraft._surgery_ops import delete, do_op, insert_after, insert_before, replace
-from regraft._surgery_paths import aliases, get, resolve_path
-from regraft._surgery_shapes import ModuleInfo, _check_input_size, describe, validate
-from regraft._surgery_specs import suggest
 from regraft.errors import SurgeryError
+from regraft.surgery.diff import SurgeryDiff, snapshot
+from regraft.surgery.graft import Grafted, extract
+from regraft.surgery.heads import HeadInit, find_head, replace_head
+from regraft.surgery.inspect import ModuleInfo, describe
+from regraft.surgery.names import aliases, get, resolve_path
+from regraft.surgery.ops import delete, do_op, insert_after, insert_before, replace
+from regraft.surgery.shapes import _check_input_size, validate
+from regraft.surgery.specs import suggest
 
 __all__ = [
     "get", "resolve_path", "aliases", "replace", "insert_before", "insert_after", "delete", "extract",

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from regraft._surgery_shapes import _expects, fmt_shape
 from regraft.errors import ShapeError, SurgeryError
+from regraft.surgery.shapes import _expects, fmt_shape
 
 __all__ = ["build_module", "INFERRED", "suggest"]
 

@@ -39,7 +39,8 @@ from typing import Any
 
 from torch import nn
 
-from regraft._batchnorm import (
+from regraft.errors import FreezeError
+from regraft.freezing.batchnorm import (
     apply_bn_policy,
     bn_frozen,
     hold_bn_statistics,
@@ -48,8 +49,7 @@ from regraft._batchnorm import (
     norm_params,
     swap_frozen_bn,
 )
-from regraft._stages import cover, find_stages, under, vgg_fc
-from regraft.errors import FreezeError
+from regraft.freezing.stages import cover, find_stages, under, vgg_fc
 
 __all__ = ["FreezePlan", "freeze", "stages", "select", "apply_bn_policy", "hold_bn_statistics", "swap_frozen_bn", "resolve_head", "Spec"]
 

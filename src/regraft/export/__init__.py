@@ -30,12 +30,14 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from regraft._export_runtime import OnnxClassifier, load_onnx, predict_onnx, require, sidecar_path
 from regraft.errors import ConfigError, ExportError
-from regraft.runs import LoadedRun, atomic_write_bytes, atomic_write_text
+from regraft.export.runtime import OnnxClassifier, load_onnx, predict_onnx, require, sidecar_path
+from regraft.runs import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from regraft.inference import LoadedRun
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -130,6 +132,9 @@ def export(
     Example:
         >>> export("runs/exp1", format="torchscript", out="deploy/clf.pt")   # doctest: +SKIP
     """
+    # torch (through regraft.inference) only from here on: predict_onnx must run without it
+    from regraft.inference import LoadedRun, load_run
+
     fmt = ExportFormat.parse(format)
     _check_options(fmt, opset=opset, atol=atol)
     target = _target_path(run.run.path if isinstance(run, LoadedRun) else Path(run), fmt, out)
@@ -137,8 +142,7 @@ def export(
         require("onnx", "onnxruntime", "onnxscript", purpose="--format onnx")
     import torch
 
-    from regraft import _export_formats as formats
-    from regraft.runs import load_run
+    from regraft.export import formats as formats
 
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device="cpu")
     input_size = tuple(int(v) for v in loaded.card["preprocessing"]["input_size"])

@@ -1,4 +1,4 @@
-"""Frozen-prefix feature caching, and lp-ft's first stage (the linear probe) on top of it.
+"""Frozen-prefix feature caching: the cut, the cache, and loaders over cached features.
 
 When the first part of a network is frozen for a whole run, its output for an image never
 changes: :func:`find_cut` splits the model into a frozen ``prefix`` and a trainable ``rest``,
@@ -18,30 +18,26 @@ Example:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from regraft._features_cut import Cut, eval_modes, explain_cut, find_cut
-from regraft._features_probe import PROBE_LR, ProbeResult, ProbeSettings, run_probe
-from regraft._features_store import CachedFeatures, FeatureCache, FeatureLoader
 from regraft.config import Config
-from regraft.engine import Callback
+from regraft.features.cut import Cut, eval_modes, explain_cut, find_cut
+from regraft.features.store import CachedFeatures, FeatureCache, FeatureLoader
 
 __all__ = [
     "Cut", "find_cut", "explain_cut", "FeatureCache", "CachedFeatures", "FeatureLoader",
     "CachedTraining", "cache_features", "feature_loaders", "feature_views", "train_with_cache",
-    "linear_probe", "ProbeResult",
-]
+    ]
 
 log = logging.getLogger(__name__)
 
 
 class CachedTraining(NamedTuple):
-    """What :func:`regraft.engine.fit` trains on when the prefix is cached."""
+    """What :func:`regraft.training.loop.fit` trains on when the prefix is cached."""
 
     module: nn.Module  # the trainable rest, prepared by the accelerator
     train_loader: FeatureLoader
@@ -106,7 +102,7 @@ def feature_loaders(
     Each training sample draws one of its views per epoch, seeded by ``(seed, epoch)``;
     ``mix_views=False`` trains epoch ``e`` on view ``e % views`` instead.
     """
-    from regraft._sampler import EpochBatchSampler
+    from regraft.data.sampler import EpochBatchSampler
 
     loaders = []
     for cache, shuffle in ((train, True), (val, False)):
@@ -199,92 +195,6 @@ def _ram_budget(cfg: Config, datasets: Sequence[Any]) -> int:
     return max(0, total - decoded)
 
 
-def linear_probe(
-    model: nn.Module,
-    *,
-    head: str,
-    train_dataset: Any,
-    val_dataset: Any,
-    cfg: Config,
-    accelerator: Any,
-    callbacks: Sequence[Callback] = (),
-) -> ProbeResult:
-    """lp-ft stage one: train only the head, to convergence, on the frozen trunk's features.
-
-    Everything but ``head`` is frozen for the probe; features are cached when the model can be
-    cut (else each epoch runs the frozen trunk in eval mode): the training images un-augmented,
-    plus ``cfg.feature_views - 1`` augmented views when augmentation is on, each sample drawing
-    one view per epoch. Up to ``cfg.lp_epochs`` AdamW epochs (``cfg.lp_lr``, default 1e-2) with
-    early stopping on the validation loss; the head keeps its best epoch. ``requires_grad`` flags and module modes
-    are given back as they were: the fine-tune plan sets them. Under several processes every
-    process runs the same probe, and the head is broadcast from the main process at the end.
-
-    Args:
-        model: the unwrapped model with its new head.
-        head: the head's dotted path (an ``nn.Sequential`` head trains whole).
-        train_dataset, val_dataset: the run's image datasets.
-        cfg: ``lp_epochs``, ``lp_lr``, ``batch_size``, ``seed``, ``label_smoothing``, cache settings.
-        accelerator: the run's ``Accelerator`` (device, autocast for the features).
-        callbacks: told about each probe epoch (``stage="probe"``) and the cache; the final
-            ``message`` is left to the caller to announce.
-
-    Returns:
-        A :class:`ProbeResult`.
-    """
-    t0 = time.perf_counter()
-    head_module = model.get_submodule(head)
-    in_head = {id(p) for p in head_module.parameters()}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    settings = ProbeSettings(epochs=cfg.lp_epochs, lr=cfg.lp_lr or PROBE_LR, label_smoothing=cfg.label_smoothing, seed=cfg.seed)
-    try:
-        for p, _ in flags:
-            p.requires_grad_(id(p) in in_head)
-        with eval_modes(model):
-            result, caches = _probe(model, head, head_module, train_dataset, val_dataset, cfg=cfg,
-                                    accelerator=accelerator, settings=settings, callbacks=callbacks)
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-    for cache in caches:
-        cache.close()
-    _broadcast(head_module, accelerator)
-    result.seconds = time.perf_counter() - t0
-    where = "on cached features" if result.cached else "through the frozen network"
-    end = " (early stop)" if result.stopped_early else ""
-    result.message = (
-        f"linear probe: {result.epochs} epochs {where}, val acc {result.best_val_acc:.3f} "
-        f"(best epoch {result.best_epoch}){end} in {result.seconds:.1f}s"
-    )
-    return result
-
-
-def _probe(model, head, head_module, train_dataset, val_dataset, *, cfg, accelerator, settings, callbacks):
-    cut = find_cut(model, head=head) if cfg.feature_cache else None
-    caches = cache_features(cut, model, train_dataset, val_dataset, cfg=cfg, accelerator=accelerator) if cut else None
-    device = accelerator.device
-    if cut is not None and caches is not None:
-        train_loader, val_loader = feature_loaders(*caches, batch_size=cfg.batch_size, seed=cfg.seed)
-        text = f"linear probe on cached features: {cut.describe()}; {caches[0].describe()}"
-        for cb in callbacks:
-            cb.on_message(text)
-        log.info(text)
-        result = run_probe(cut.rest, head_module, train_loader, val_loader, settings=settings, device=device, callbacks=callbacks)
-        result.cached = True
-        return result, caches
-    from regraft.data import make_loader
-
-    train_loader = make_loader(train_dataset, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers)
-    val_loader = make_loader(val_dataset, batch_size=cfg.batch_size, shuffle=False, seed=cfg.seed, workers=cfg.workers)
-
-    def head_only(module: nn.Module) -> None:
-        module.eval()
-        head_module.train()
-
-    result = run_probe(model, head_module, train_loader, val_loader, settings=settings, device=device,
-                       callbacks=callbacks, train_mode=head_only)
-    return result, ()
-
-
 def _clean_view(train_dataset: Any, val_dataset: Any) -> Any | None:
     """The training images under the validation transform (center crop), when the two share a resize."""
     import copy
@@ -295,13 +205,3 @@ def _clean_view(train_dataset: Any, val_dataset: Any) -> Any | None:
     clean = copy.copy(train_dataset)
     clean.transform = val_tf
     return clean
-
-
-def _broadcast(module: nn.Module, accelerator: Any) -> None:
-    if getattr(accelerator, "num_processes", 1) <= 1:
-        return
-    from accelerate.utils import broadcast
-
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            tensor.copy_(broadcast(tensor.detach().clone(), from_process=0))

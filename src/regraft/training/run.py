@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import math
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -19,10 +18,11 @@ from typing import Any
 
 import torch
 
-from regraft import engine
 from regraft.config import Config
-from regraft.errors import ConfigError, Interrupted
+from regraft.errors import Interrupted
 from regraft.runs import RunDir
+from regraft.training import loop as engine
+from regraft.training import setup as pipeline
 
 __all__ = ["train", "RunResult", "resolve_strategy", "default_out"]
 
@@ -38,14 +38,13 @@ class RunResult:
     audit: list[dict[str, Any]] = field(default_factory=list)
 
 
-def is_pretrained(weights: str | None) -> bool:
-    return (weights or "none").strip().lower() not in ("none", "", "random", "scratch")
-
 
 def resolve_strategy(cfg: Config) -> str:
     """``auto`` becomes ``lp-ft`` with pretrained weights and ``scratch`` without (docs/freezing.md)."""
     if cfg.strategy != "auto":
         return cfg.strategy
+    from regraft.weights import is_pretrained
+
     return "lp-ft" if is_pretrained(cfg.weights) else "scratch"
 
 
@@ -54,12 +53,6 @@ def default_out(cfg: Config, strategy: str) -> str:
     name = (cfg.model or "model").replace(":", "-").replace("/", "-")
     return str(Path("runs") / f"{name}-{strategy}-{stamp}")
 
-
-def _check_cfg(cfg: Config) -> None:
-    if not cfg.data:
-        raise ConfigError("no data given: pass DATA (a folder of class subfolders) or set 'data' in the recipe")
-    if not cfg.model:
-        raise ConfigError("no model given: pass --model NAME (see 'regraft models')")
 
 
 def train(
@@ -73,7 +66,7 @@ def train(
 
     Args:
         cfg: the validated config; ``cfg.out`` is the run folder (a name is made when None).
-        callbacks: progress hooks (see :class:`regraft.engine.Callback`).
+        callbacks: progress hooks (see :class:`regraft.training.loop.Callback`).
         resume: continue the run in ``cfg.out`` from its last checkpoint.
         model: your own ``nn.Module`` instead of ``cfg.model`` from a zoo (its head is replaced
             when the class count differs; ``load_run(RUN, model=...)`` loads it back).
@@ -85,10 +78,9 @@ def train(
         >>> from regraft.config import Config
         >>> result = train(Config(data="data/hotdog", model="resnet18", epochs=1))  # doctest: +SKIP
     """
-    _check_cfg(cfg)
+    pipeline.check_inputs(cfg)
     strategy = resolve_strategy(cfg)
     cfg = replace(cfg, strategy=strategy, out=cfg.out or default_out(cfg, strategy))
-    from regraft import _pipeline as pipeline
 
     engine.seed_everything(cfg.seed)  # the model's random initialisation draws from here
     built = pipeline.build_model(cfg, model)  # before the accelerator: auto precision looks at the model
@@ -166,26 +158,6 @@ class _Notifier:
         for cb in self.callbacks:
             cb.on_message(text)
 
-
-def environment_info() -> dict[str, Any]:
-    import accelerate
-    import timm
-    import torchvision
-
-    from regraft._version import __version__
-
-    return {
-        "regraft": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "accelerate": accelerate.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
-        "time": _dt.datetime.now().isoformat(timespec="seconds"),
-    }
 
 
 def steps_per_epoch(n_batches: int, grad_accum: int) -> int:

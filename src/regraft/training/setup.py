@@ -1,9 +1,11 @@
-"""The steps :func:`regraft.train.train` runs, one function each: setup, run-folder start, finish."""
+"""The steps :func:`regraft.training.run.train` runs, one function each: setup, run-folder start, finish."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import math
+import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +15,7 @@ from torch import nn
 
 from regraft import zoo
 from regraft.config import Config
-from regraft.errors import DataError
+from regraft.errors import ConfigError, DataError
 from regraft.runs import RunDir
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,9 @@ def setup(
     cfg: Config, *, strategy: str, accelerator: Any, run: RunDir, notify: Callable[[str], None], built: Built | None = None,
 ) -> Setup:
     """Everything before the first step. ``built``: from :func:`build_model` (built here when None)."""
-    from regraft import data, engine, strategies, surgery
+    from regraft import data, strategies, surgery
     from regraft.freezing import apply_bn_policy
+    from regraft.training import loop as engine
 
     splits = data.discover(
         cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed,
@@ -135,8 +138,7 @@ def setup(
 
 
 def _load_weights(cfg: Config, model: nn.Module, *, strategy: str, head: str, notify: Callable[[str], None]):
-    from regraft.train import is_pretrained
-    from regraft.weights import check_coverage, load_weights
+    from regraft.weights import check_coverage, is_pretrained, load_weights
 
     if strategy == "scratch" and is_pretrained(cfg.weights):
         notify(f"strategy scratch trains from random weights: --weights {cfg.weights} is not loaded")
@@ -171,7 +173,7 @@ def _prepare(accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimize
 
 def _loaders(cfg: Config, splits: Any, dcfg: zoo.DataConfig, *, accelerator: Any, run: RunDir):
     from regraft import data
-    from regraft._sampler import EpochBatchSampler
+    from regraft.data.sampler import EpochBatchSampler
 
     cache = data.DecodeCache.for_config(dcfg, ram=cfg.cache_ram, cache_dir=cfg.cache_dir) if cfg.decode_cache else None
     skip_log = run.path / "skipped_files.txt"
@@ -234,7 +236,7 @@ def numerics_line(setup: Setup) -> str:
 
 
 def _precision_note(cfg: Config, model: nn.Module, accelerator: Any) -> str:
-    from regraft import engine
+    from regraft.training import loop as engine
 
     if cfg.precision != "auto" or accelerator.mixed_precision not in (None, "no") or accelerator.device.type != "cpu":
         return ""
@@ -244,8 +246,6 @@ def _precision_note(cfg: Config, model: nn.Module, accelerator: Any) -> str:
 
 
 def write_run_start(run: RunDir, cfg: Config, setup: Setup) -> None:
-    from regraft.train import environment_info
-
     run.write_text("config.yaml", cfg.to_yaml())
     run.write_json("model.json", setup.card)
     run.write_json("environment.json", environment_info() | {"seed": cfg.seed, "precision": setup.precision, "channels_last": setup.channels_last})
@@ -263,12 +263,13 @@ def linear_probe(cfg: Config, setup: Setup, *, accelerator: Any, run: RunDir, no
     it, and a run stopped during fine-tuning resumes without probing again.
 
     Returns:
-        The :class:`~regraft.engine.FitState` fine-tuning starts from (the probe's rows in its history).
+        The :class:`~regraft.training.loop.FitState` fine-tuning starts from (the probe's rows in its history).
     """
-    from regraft import engine, features
+    from regraft.training import loop as engine
+    from regraft.training.probe import linear_probe as fit_probe
 
     model = accelerator.unwrap_model(setup.model)
-    result = features.linear_probe(
+    result = fit_probe(
         model, head=setup.head, train_dataset=setup.train_dataset,
         val_dataset=setup.val_dataset, cfg=cfg, accelerator=accelerator, callbacks=callbacks,
     )
@@ -305,7 +306,7 @@ def finish(cfg: Config, setup: Setup, state: Any, *, run: RunDir, accelerator: A
     """Best weights back in, a last full evaluation, then summary, metrics and plots."""
     from safetensors.torch import load_file
 
-    from regraft import engine
+    from regraft.training import loop as engine
 
     model = accelerator.unwrap_model(setup.model)
     best = run.path / "model.safetensors"
@@ -377,3 +378,30 @@ def _draw(run: RunDir, setup: Setup, final: Any, *, world_size: int = 1) -> None
         )
     except Exception as exc:  # noqa: BLE001 - the weights and metrics are already saved
         log.warning("could not draw the run's plots: %s", exc)
+
+def check_inputs(cfg: Config) -> None:
+    if not cfg.data:
+        raise ConfigError("no data given: pass DATA (a folder of class subfolders) or set 'data' in the recipe")
+    if not cfg.model:
+        raise ConfigError("no model given: pass --model NAME (see 'regraft models')")
+
+
+def environment_info() -> dict[str, Any]:
+    import accelerate
+    import timm
+    import torchvision
+
+    from regraft._version import __version__
+
+    return {
+        "regraft": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        "time": _dt.datetime.now().isoformat(timespec="seconds"),
+    }

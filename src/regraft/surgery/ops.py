@@ -14,11 +14,14 @@ from typing import Any
 
 from torch import nn
 
-from regraft._surgery_diff import short
-from regraft._surgery_paths import get, join_path, parent_of, set_child
-from regraft._surgery_shapes import default_input_size, model_device, probe, validate
-from regraft._surgery_specs import build_module
 from regraft.errors import SurgeryError
+from regraft.surgery.diff import short
+from regraft.surgery.graft import graft_in_place
+from regraft.surgery.heads import find_head, replace_head
+from regraft.surgery.names import get, parent_of, resolve_path
+from regraft.surgery.paths import join_path, set_child
+from regraft.surgery.shapes import default_input_size, model_device, probe, validate
+from regraft.surgery.specs import build_module
 
 __all__ = ["replace", "insert_before", "insert_after", "delete", "Undo", "checked", "do_op"]
 
@@ -233,9 +236,6 @@ def delete(model: nn.Module, path: str, *, input_size: Sequence[int] | None = No
 
 def do_op(model: nn.Module, kind: str, args: dict[str, Any], size: Sequence[int]) -> tuple[str, Callable[[], None]]:
     """Run one parsed recipe op (no check); returns (what it did, how to undo it)."""
-    from regraft._surgery_extract import graft_in_place
-    from regraft._surgery_head import find_head, replace_head
-    from regraft._surgery_paths import resolve_path
 
     if kind == "replace_head":
         path = resolve_path(model, args["head"]) if args.get("head") else find_head(model)

@@ -17,31 +17,16 @@ from typing import Any
 
 from torch import nn
 
-from regraft._surgery_diff import short
-from regraft._surgery_paths import join_path, lookup, parent_of, resolve_path, set_child, split_path
 from regraft.errors import SurgeryError
+from regraft.families import GRAFTED, TORCHVISION_HEADS, family
+from regraft.surgery.diff import short
+from regraft.surgery.paths import canonical, join_path, lookup, parent_of, set_child, split_path
+from regraft.surgery.shapes import default_input_size, probe, validate
 
-__all__ = ["HeadInit", "find_head", "replace_head", "build_head", "family", "is_new_head"]
+__all__ = ["HeadInit", "find_head", "replace_head", "build_head", "is_new_head"]
 
 log = logging.getLogger(__name__)
 
-# torchvision class name -> where its classifier lives (a module or the container holding it)
-TORCHVISION_HEADS: dict[str, str] = {
-    "VGG": "classifier", "AlexNet": "classifier", "ResNet": "fc", "RegNet": "fc",
-    "ShuffleNetV2": "fc", "GoogLeNet": "fc", "Inception3": "fc", "MobileNetV2": "classifier",
-    "MobileNetV3": "classifier", "EfficientNet": "classifier", "MNASNet": "classifier",
-    "DenseNet": "classifier", "ConvNeXt": "classifier", "MaxVit": "classifier",
-    "SqueezeNet": "classifier", "VisionTransformer": "heads", "SwinTransformer": "head",
-}
-# torchvision model-name prefixes -> class name, for subclasses that keep the family's layout
-_NAME_PREFIXES = (
-    ("vgg", "VGG"), ("alexnet", "AlexNet"), ("resnet", "ResNet"), ("resnext", "ResNet"),
-    ("wide_resnet", "ResNet"), ("regnet", "RegNet"), ("shufflenet", "ShuffleNetV2"),
-    ("googlenet", "GoogLeNet"), ("inception", "Inception3"), ("mobilenet_v2", "MobileNetV2"),
-    ("mobilenet_v3", "MobileNetV3"), ("efficientnet", "EfficientNet"), ("mnasnet", "MNASNet"),
-    ("densenet", "DenseNet"), ("convnext", "ConvNeXt"), ("maxvit", "MaxVit"),
-    ("squeezenet", "SqueezeNet"), ("vit_", "VisionTransformer"), ("swin", "SwinTransformer"),
-)
 _HEAD_MARK = "regraft_new_head"
 _LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -71,25 +56,6 @@ def is_new_head(module: nn.Module) -> bool:
     return module.__dict__.get(_HEAD_MARK) is True
 
 
-def family(model: nn.Module, *, ref: Any = None) -> str | None:
-    """``"torchvision:VGG"``, ``"timm"``, ``"grafted"`` or None for a user's own module."""
-    from regraft._surgery_extract import Grafted
-
-    if isinstance(model, Grafted):
-        return "grafted"
-    ref = ref if ref is not None else getattr(model, "regraft_ref", None)
-    cls = type(model)
-    if cls.__module__.startswith("torchvision.models") and cls.__name__ in TORCHVISION_HEADS:
-        return f"torchvision:{cls.__name__}"
-    if getattr(ref, "zoo", None) == "torchvision":
-        for prefix, name in _NAME_PREFIXES:
-            if str(ref.name).startswith(prefix):
-                return f"torchvision:{name}"
-    if getattr(ref, "zoo", None) == "timm" or (
-        isinstance(getattr(model, "pretrained_cfg", None), dict) and hasattr(model, "get_classifier")
-    ):
-        return "timm"
-    return None
 
 
 def _descend(model: nn.Module, path: str) -> str:
@@ -123,8 +89,6 @@ def _timm_head(model: nn.Module) -> str | None:
 
 def _last_linear(model: nn.Module, input_size: Sequence[int] | None) -> str | None:
     """Path of the last nn.Linear in forward order (registration order if no pass can run)."""
-    from regraft._surgery_shapes import default_input_size, validate
-
     linears = [p for p, m in model.named_modules() if isinstance(m, nn.Linear)]
     # a user's module has no known input size: ImageNet's is the likeliest; if it fails, registration order
     size = input_size or default_input_size(model) or (3, 224, 224)
@@ -179,7 +143,7 @@ def find_head(model: nn.Module, *, ref: Any = None, input_size: Sequence[int] | 
     ref = ref if ref is not None else getattr(model, "regraft_ref", None)
     fam = family(model, ref=ref)
     start = None
-    if fam == "grafted":
+    if fam == GRAFTED:
         start = "head"
     elif fam and fam.startswith("torchvision:"):
         start = TORCHVISION_HEADS[fam.split(":", 1)[1]]
@@ -239,8 +203,6 @@ def _head_input(model: nn.Module, path: str, old: nn.Module, input_size: Sequenc
         return first.in_features, False
     if isinstance(first, nn.modules.conv._ConvNd):
         return first.in_channels, True
-    from regraft._surgery_shapes import default_input_size, probe
-
     size = input_size or default_input_size(model)
     if size is None:
         raise SurgeryError(
@@ -301,7 +263,7 @@ def replace_head(
     """
     _check_head_args(num_classes, hidden, dropout)
     how = HeadInit.parse(init)
-    parent, key, path = parent_of(model, resolve_path(model, head) if head is not None else find_head(model))
+    parent, key, path = parent_of(model, canonical(model, head) if head is not None else find_head(model))
     old = parent._modules[key]
     if isinstance(old, nn.Linear) and old.out_features == num_classes and not hidden and not dropout and how is HeadInit.DEFAULT:
         log.info("head '%s' already has %d outputs; kept", path, num_classes)

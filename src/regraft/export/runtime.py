@@ -105,7 +105,7 @@ class OnnxClassifier:
 
     def predict(self, paths: Sequence[str | Path], *, topk: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
         """Top-k classes with probabilities, in the structure :func:`regraft.inference.predict` returns."""
-        from regraft._files import expand_paths
+        from regraft.data.files import expand_paths
 
         files = expand_paths(paths)
         k = max(1, min(topk, len(self.classes)))

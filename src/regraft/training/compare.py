@@ -59,7 +59,7 @@ def compare(
             comparison trains from scratch at 10x the LR).
     """
     from regraft.report import comparison_markdown, plot_comparison, verdict
-    from regraft.train import train
+    from regraft.training.run import train
 
     out = Path(out)
     strategies = parse_strategies(strategies)

@@ -1,29 +1,23 @@
-"""Dotted paths over ``nn.Module`` trees: parsing, lookup, parents, family aliases.
+"""Dotted paths over ``nn.Module`` trees: parsing, lookup, parents (aliases: ``surgery.names``).
 
 A path names a submodule the way ``named_modules()`` does (``layer4.1.conv2``,
 ``classifier.6``); ``classifier[6]`` and negative indices into ``nn.Sequential`` /
-``nn.ModuleList`` (``classifier[-1]``) are accepted too, and ``""`` is the model itself. The
-first component may be an alias (``head``, VGG's ``fc1``/``fc2``) when the model has no child
-of that name: a real child always wins.
+``nn.ModuleList`` (``classifier[-1]``) are accepted too, and ``""`` is the model itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import re
-from typing import Any
 
 from torch import nn
 
 from regraft.errors import SurgeryError
 
-__all__ = ["split_path", "join_path", "lookup", "get", "resolve_path", "parent_of", "set_child", "aliases"]
+__all__ = ["split_path", "join_path", "lookup", "canonical", "parent_of", "set_child"]
 
 _BRACKET = re.compile(r"\[\s*(-?\d+)\s*\]")
 _SEQUENCES = (nn.Sequential, nn.ModuleList)
-# torchvision families whose classifier is a Sequential of Linear layers named fc1, fc2, ... in papers
-_FC_ALIAS_FAMILIES = ("torchvision:VGG", "torchvision:AlexNet")
 
 
 def split_path(path: str) -> list[str]:
@@ -71,26 +65,14 @@ def _missing(model: nn.Module, path: str, done: list[str], part: str, module: nn
     )
 
 
-def resolve_path(model: nn.Module, path: str) -> str:
-    """The canonical dotted path of ``path`` in ``model`` (aliases and indices resolved).
-
-    Args:
-        model: the network.
-        path: ``"classifier[6]"``, ``"classifier.-1"``, ``"fc1"``, ``"head"``, ``"layer4.1"``, ...
-
-    Returns:
-        The path as ``named_modules()`` spells it (``"classifier.6"``).
+def canonical(model: nn.Module, path: str) -> str:
+    """The dotted path of ``path`` as ``named_modules()`` spells it (indices resolved, no aliases).
 
     Raises:
         SurgeryError: a component does not exist (the message lists the children there).
     """
-    parts = split_path(path)
-    if parts and _child_key(model, parts[0]) is None and re.fullmatch(r"head|fc\d+", parts[0]):
-        table = aliases(model)
-        if parts[0] in table:
-            parts = [*split_path(table[parts[0]]), *parts[1:]]
     module, done = model, []
-    for part in parts:
+    for part in split_path(path):
         key = _child_key(module, part)
         if key is None or module._modules[key] is None:
             raise _missing(model, path, done, part, module)
@@ -99,41 +81,20 @@ def resolve_path(model: nn.Module, path: str) -> str:
     return join_path(*done)
 
 
-def get(model: nn.Module, path: str) -> nn.Module:
-    """The submodule at ``path``.
-
-    Args:
-        model: the network.
-        path: a dotted path (``"layer4.1.conv2"``, ``"classifier[6]"``) or an alias (``"fc1"``,
-            ``"head"``); ``""`` is the model itself.
-
-    Returns:
-        The module found there.
-
-    Raises:
-        SurgeryError: the path does not exist; the message lists the children where it stopped.
-
-    Example:
-        >>> import torchvision
-        >>> get(torchvision.models.vgg11(), "classifier[6]").out_features
-        1000
-    """
-    module = model
-    for part in split_path(resolve_path(model, path)):
-        module = module._modules[part]
-    return module
 
 
 def parent_of(model: nn.Module, path: str) -> tuple[nn.Module, str, str]:
     """``(parent module, key in parent, canonical path)`` of the module at ``path``."""
-    canonical = resolve_path(model, path)
-    if not canonical:
+    where = canonical(model, path)
+    if not where:
         raise SurgeryError(
             "this operation needs a submodule path, not '' (the whole model); "
             "name a module such as 'fc' or 'classifier.6'"
         )
-    parent_path, _, key = canonical.rpartition(".")
-    return get(model, parent_path), key, canonical
+    parent_path, _, key = where.rpartition(".")
+    parent = lookup(model, parent_path)
+    assert parent is not None  # canonical() found every component
+    return parent, key, where
 
 
 def set_child(parent: nn.Module, key: str, module: nn.Module) -> None:
@@ -150,27 +111,3 @@ def lookup(model: nn.Module, path: str) -> nn.Module | None:
     return module
 
 
-def aliases(model: nn.Module, *, ref: Any = None) -> dict[str, str]:
-    """Short names a model's paths also answer to.
-
-    ``head`` is the final classifier (:func:`regraft.surgery.find_head`) for every model. VGG and
-    AlexNet add ``fc1``, ``fc2``, ... for the Linear layers directly inside ``classifier``, counted
-    in order, so ``fc1`` is ``classifier.0`` and ``fc2`` ``classifier.3`` on an unchanged VGG and
-    they follow the layers when a dropout before them is deleted.
-
-    Args:
-        model: the network.
-        ref: the model's ``ModelRef`` (defaults to ``model.regraft_ref``).
-
-    Returns:
-        alias -> canonical path. Aliases never shadow real children.
-    """
-    from regraft._surgery_head import family, find_head
-
-    table: dict[str, str] = {}
-    if family(model, ref=ref) in _FC_ALIAS_FAMILIES and isinstance(model._modules.get("classifier"), nn.Sequential):
-        linears = [k for k, m in model._modules["classifier"]._modules.items() if isinstance(m, nn.Linear)]
-        table.update({f"fc{i}": f"classifier.{k}" for i, k in enumerate(linears, start=1)})
-    with contextlib.suppress(SurgeryError):
-        table["head"] = find_head(model, ref=ref)
-    return {k: v for k, v in table.items() if k not in model._modules}

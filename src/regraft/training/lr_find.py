@@ -135,12 +135,13 @@ def lr_find_run(cfg, *, out, start_lr: float = 1e-7, end_lr: float = 1.0, num_st
     from dataclasses import replace
     from pathlib import Path
 
-    from regraft import _pipeline, engine
     from regraft.report import plot_lr_find
     from regraft.runs import RunDir
-    from regraft.train import _check_cfg, resolve_strategy
+    from regraft.training import loop as engine
+    from regraft.training import setup as _pipeline
+    from regraft.training.run import resolve_strategy
 
-    _check_cfg(cfg)
+    _pipeline.check_inputs(cfg)
     strategy = resolve_strategy(cfg)
     if strategy == "lp-ft":
         strategy = "full"  # the LR that matters for lp-ft is the fine-tuning stage's

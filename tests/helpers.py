@@ -207,3 +207,23 @@ def images_loaded_in_chromium(page: str, tmp_path: Path) -> tuple[int, int, str]
     assert match, f"chromium gave no result (exit {done.returncode}): {done.stderr[-1500:]}"
     broken = re.search(r'data-broken="([^"]*)"', done.stdout)
     return int(match.group(1)), int(match.group(2)), broken.group(1) if broken else ""
+
+
+# ----------------------------------------------------------------------------- the training loop
+
+
+def fit_stage(model: nn.Module, plan, train, val, *, epochs: int, run=None, state=None, name: str = "train", **stage_kw):
+    """Train ``model`` with ``plan`` (optimizer, scheduler, begin_epoch) for ``epochs`` through the
+    one loop on the CPU, as training does; returns the FitState."""
+    from regraft.freezing import apply_bn_policy
+    from regraft.training import loop
+    from regraft.training.numerics import StepNumerics
+    from regraft.training.processes import Processes
+
+    device = torch.device("cpu")
+    stage_kw.setdefault("after_train_mode", apply_bn_policy)
+    stage = loop.Stage(
+        name=name, model=model, weights=model, plan=plan, train_loader=train, val_loader=val, last_epoch=epochs,
+        numerics=StepNumerics(precision=stage_kw.pop("precision", "fp32"), channels_last=False, device=device), **stage_kw,
+    )
+    return loop.fit(stage, procs=Processes(device=device), state=state, run=run)

@@ -20,7 +20,7 @@ def test_defaults_and_roundtrip(tmp_path: Path):
         ({"epoch": 3}, "unknown key 'epoch'; did you mean 'epochs'"),
         ({"epochs": "three"}, "'epochs' must be an integer; got 'three'"),
         ({"epochs": 0}, "epochs must be at least 1"),
-        ({"strategy": "fancy"}, "strategy must be one of auto, scratch, head, partial, full, lp-ft, gradual"),
+        ({"strategy": "fancy"}, "strategy must be one of auto, scratch, probe, head, partial, full, lp-ft, gradual"),
         ({"lr": -1.0}, "lr must be positive"),
         ({"val_fraction": 1.5}, "val_fraction must be between 0 and 1"),
         ({"train_bn": "maybe"}, "'train_bn' must be true or false"),

@@ -32,7 +32,7 @@ def make_run(path: Path, *, model: str, classes: list[str], size: int, interpola
     """A finished-looking run folder: model.json and model.safetensors, no training."""
     from regraft import surgery, zoo
     from regraft.config import Config
-    from regraft.training.setup import model_card
+    from regraft.training.card import model_card
 
     torch.manual_seed(0)
     ref = zoo.resolve(model)

@@ -1,4 +1,4 @@
-"""Feature caching: the cut reproduces the forward pass, cached training equals uncached, the probe."""
+"""Feature caching: the cut reproduces the forward pass, cached training equals uncached, the probe stage."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from torch import nn
 from regraft import data, features, zoo
 from regraft.config import Config
 from regraft.data.sampler import EpochBatchSampler
-from regraft.freezing import apply_bn_policy, freeze
-from regraft.training import loop as engine
+from regraft.features import CacheSettings
+from regraft.freezing import freeze
+from regraft.training.processes import Processes
+from tests.helpers import fit_stage
+
+CPU = torch.device("cpu")
 
 TV = torchvision.models
 
@@ -221,9 +225,8 @@ def test_with_augmentation_view_0_is_the_plain_image_and_the_rest_are_augmented(
     train, val = _image_datasets(toy_data, augment="light")
     model = TV.resnet18(weights=None, num_classes=2)
     cut = features.find_cut(model, trainable=_head_only("fc"))
-    cfg = Config(batch_size=8, augment="light", feature_views=3, seed=2)
-    accelerator = engine.make_accelerator(device="cpu", precision="fp32")  # compared exactly with fp32 below
-    tr, va = features.cache_features(cut, model, train, val, cfg=cfg, accelerator=accelerator)
+    settings = CacheSettings(batch_size=8, augment="light", feature_views=3, seed=2)
+    tr, va = features.cache_features(cut, model, train, val, settings=settings, device=CPU)  # fp32: compared exactly
     assert tr.views == 3 and va.views == 1 and len(tr) == len(train) and len(va) == len(val)
     plain = data.ImageDataset(train.samples, val.transform)
     aug = data.make_loader(train, batch_size=8, shuffle=False, seed=2, workers=0)
@@ -243,15 +246,13 @@ def _plan(model: nn.Module):
     return SimpleNamespace(optimizer=opt, scheduler=None, begin_epoch=lambda epoch: [], state_dict=lambda: {}, unfreeze=None)
 
 
-def _fit(module, plan, train_loader, val_loader, acc):
-    return engine.fit(module, plan, train_loader, val_loader, epochs=3, accelerator=acc, seed=0,
-                      after_train_mode=apply_bn_policy)
+def _fit(module, plan, train_loader, val_loader):
+    return fit_stage(module, plan, train_loader, val_loader, epochs=3, seed=0)
 
 
 def test_cached_training_gives_the_losses_and_weights_of_uncached_training(toy_data):
     """ResNet-18 with layer4 + fc training: BatchNorm trains in the rest, frozen BN in the prefix."""
     train, val = _image_datasets(toy_data, augment="none")
-    acc = engine.make_accelerator(device="cpu")
     results = []
     for cached in (False, True):
         torch.manual_seed(0)
@@ -260,13 +261,13 @@ def test_cached_training_gives_the_losses_and_weights_of_uncached_training(toy_d
         plan = _plan(model)
         if cached:
             cut = features.find_cut(model)
-            caches = features.cache_features(cut, model, train, val, cfg=Config(batch_size=8, augment="none"), accelerator=acc)
+            caches = features.cache_features(cut, model, train, val, settings=CacheSettings(batch_size=8, augment="none"), device=CPU)
             tl, vl = features.feature_loaders(*caches, batch_size=8, seed=0)
-            state = _fit(cut.rest, plan, tl, vl, acc)
+            state = _fit(cut.rest, plan, tl, vl)
         else:
             tl, vl = (data.make_loader(ds, batch_sampler=EpochBatchSampler(len(ds), batch_size=8, shuffle=s, seed=0), batch_size=8,
                                        shuffle=s, workers=0) for ds, s in ((train, True), (val, False)))
-            state = _fit(model, plan, tl, vl, acc)
+            state = _fit(model, plan, tl, vl)
         results.append((state.history, model.state_dict()))
     (h0, w0), (h1, w1) = results
     for a, b in zip(h0, h1, strict=True):
@@ -290,54 +291,42 @@ def test_train_with_cache_trains_the_models_own_head(toy_data):
     model = timm.create_model("test_resnet", num_classes=2)
     freeze(model, head="fc")
     plan = _plan(model)
-    acc = engine.make_accelerator(device="cpu")
-    got = features.train_with_cache(model, plan=plan, train_dataset=train, val_dataset=val, cfg=_cfg(toy_data), accelerator=acc)
+    got = features.train_with_cache(model, train_dataset=train, val_dataset=val, settings=CacheSettings(batch_size=8, augment="none"),
+                                    device=CPU, head="fc")
     assert got is not None
     assert len(got.train_loader) == len(EpochBatchSampler(len(train), batch_size=8, shuffle=True))
     trunk = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
     before = model.fc.weight.detach().clone()
-    engine.fit(got.module, plan, got.train_loader, got.val_loader, epochs=2, accelerator=acc)
+    fit_stage(got.module, plan, got.train_loader, got.val_loader, epochs=2)
     assert not torch.equal(model.fc.weight, before)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trunk.items())
 
 
-@pytest.mark.parametrize(
-    ("overrides", "reason"),
-    [
-        ({"feature_cache": False}, "feature_cache is false"),
-        ({"strategy": "gradual"}, "the plan changes what is frozen during the run"),
-        ({"unfreeze": [{"epoch": 1, "train": "all"}]}, "the plan changes what is frozen during the run"),
-        ({"mixup": 0.2}, "mixup and cutmix mix images, not features"),
-    ],
-)
-def test_train_with_cache_declines_when_the_plan_or_config_rules_it_out(toy_data, overrides, reason, caplog):
+def test_train_with_cache_declines_a_model_it_cannot_cut(toy_data, caplog):
     train, val = _image_datasets(toy_data, augment="none")
-    model = timm.create_model("test_resnet", num_classes=2)
-    freeze(model, head="fc")
-    acc = engine.make_accelerator(device="cpu")
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    for p in model.parameters():
+        p.requires_grad_(False)  # nothing trains: there is nothing to cut for
     with caplog.at_level(logging.INFO, logger="regraft"):
-        got = features.train_with_cache(model, plan=_plan(model), train_dataset=train, val_dataset=val,
-                                        cfg=_cfg(toy_data, **overrides), accelerator=acc)
-    assert got is None and f"feature cache off: {reason}" in caplog.text
+        got = features.train_with_cache(model, train_dataset=train, val_dataset=val, settings=CacheSettings(batch_size=8), device=CPU)
+    assert got is None and "feature cache off: no parameter trains" in caplog.text
 
 
-# --------------------------------------------------------------------------- the linear probe
+# ------------------------------------------------------------------------ the probe stage
 
 
-class _Recorder(engine.Callback):
-    def __init__(self) -> None:
-        self.rows, self.messages = [], []
+def _probe(model, head, toy_data, *, regime="holdout", augment="light"):
+    from regraft.training.probe import fit_probe_stage
 
-    def on_epoch_end(self, result) -> None:
-        self.rows.append(result)
+    train, val = _image_datasets(toy_data, augment=augment)
+    if regime != "holdout":
+        train = data.ImageDataset(train.samples + val.samples, train.transform)
+        val = None
+    return fit_probe_stage(model, head=head, train_dataset=train, val_dataset=val, num_classes=2, regime=regime,
+                           settings=CacheSettings(batch_size=8, augment=augment), procs=Processes(device=CPU), autocast=None)
 
-    def on_message(self, text: str) -> None:
-        self.messages.append(text)
 
-
-@pytest.mark.parametrize("cache", [True, False], ids=["cached", "uncached"])
-def test_linear_probe_fits_the_head_and_gives_the_flags_back(toy_data, cache):
-    train, val = _image_datasets(toy_data, augment="light")
+def test_the_probe_fits_the_head_once_and_gives_flags_and_modes_back(toy_data):
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=2)
     flags = {n: n.startswith("layer4.") for n, _ in model.named_parameters()}  # whatever the caller had
@@ -345,24 +334,40 @@ def test_linear_probe_fits_the_head_and_gives_the_flags_back(toy_data, cache):
         p.requires_grad_(flags[n])
     model.train()
     trunk = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    rec = _Recorder()
-    # uncached epochs run the whole network: fewer of them
-    cfg = _cfg(toy_data, augment="light", feature_views=3, lp_epochs=30 if cache else 5, feature_cache=cache)
-    from regraft.training.probe import linear_probe
-
-    result = linear_probe(model, head="fc", train_dataset=train, val_dataset=val, cfg=cfg,
-                                   accelerator=engine.make_accelerator(device="cpu"), callbacks=[rec])
-    assert result.best_val_acc >= 0.9 and result.cached is cache
-    where = "on cached features" if cache else "through the frozen network"
-    assert result.message.startswith(f"linear probe: {result.epochs} epochs {where}, val acc {result.best_val_acc:.3f}")
+    out = _probe(model, "fc", toy_data)
+    assert out.acc >= 0.9 and out.validation == "holdout" and out.folds >= 2
+    row = out.row.to_row()
+    assert (row["epoch"], row["stage"], row["lr"]) == (0, "probe", None) and row["val_acc"] == out.acc
+    assert out.message.startswith(f"probe: val acc {out.acc:.3f}") and "cross-validation" in out.message
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trunk.items())  # BN statistics included
-    assert [r["stage"] for r in result.history] == ["probe"] * result.epochs == [r.stage for r in rec.rows]
-    assert min(r["val_loss"] for r in result.history) == pytest.approx(result.best_val_loss)
-    if cache:
-        # the un-augmented images and feature_views - 1 = 2 augmented views
-        assert any("24 images × 3 view(s)" in m for m in rec.messages)
+    with torch.no_grad():  # the head now separates the classes on the images themselves
+        model.eval()
+        x, y = next(iter(data.make_loader(_image_datasets(toy_data, augment="none")[1], batch_size=64)))
+        assert (model(x).argmax(1) == y).float().mean() >= 0.9
+
+
+def test_the_probe_in_the_cross_validated_regime_reports_the_k_fold_estimate(toy_data):
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=2)
+    out = _probe(model, "fc", toy_data, regime="cv5")
+    assert out.validation == "cv5" and out.acc_std is not None and out.out_of_fold is not None
+    n = sum(len(d) for d in _image_datasets(toy_data, augment="none"))
+    assert out.out_of_fold.shape == (n, 2)  # every image, judged by a probe that never saw it
+    assert "cross-validated acc" in out.message and out.row.extra["val_acc_std"] == out.acc_std
+
+
+def test_a_head_with_hidden_layers_is_fitted_through_its_own_forward(toy_data):
+    from regraft import surgery
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=1000)
+    head = surgery.replace_head(model, 2, hidden=[8])
+    before = model.get_submodule(head)[0].weight.detach().clone()
+    out = _probe(model, head, toy_data, augment="none")
+    assert not torch.equal(model.get_submodule(head)[0].weight, before)
+    assert out.acc >= 0.75 and out.folds == 0 and "L2 0.001" in out.message
 
 
 def test_the_cut_check_passes_under_bf16_autocast(toy_data):
@@ -371,12 +376,12 @@ def test_the_cut_check_passes_under_bf16_autocast(toy_data):
     train, val = _image_datasets(toy_data, augment="none")
     model = TV.resnet18(weights=None, num_classes=2)
     cut = features.find_cut(model, trainable=_head_only("fc"))
-    accelerator = engine.make_accelerator(device="cpu", precision="bf16")
-    model = accelerator.prepare(model)
-    cached = features.cache_features(cut, model, train, val, cfg=Config(batch_size=8, augment="none"), accelerator=accelerator)
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731 - the steps' numerics
+    cached = features.cache_features(cut, model, train, val, settings=CacheSettings(batch_size=8, augment="none"),
+                                     device=CPU, autocast=bf16)
     assert cached is not None
     tr, va = cached
     assert len(tr) == len(train) and len(va) == len(val)
     # a wrong cut is still caught in bf16
     wrong = features.Cut(prefix=cut.prefix, rest=torch.nn.Identity(), after="layer4", family="wrong")
-    assert "split model" in wrong.check(model, torch.rand(2, 3, 32, 32), autocast=accelerator.autocast)
+    assert "split model" in wrong.check(model, torch.rand(2, 3, 32, 32), autocast=bf16)

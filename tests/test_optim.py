@@ -177,16 +177,16 @@ class Staged:
         plan = freeze(self.model, train="head", head="fc")
         wake = self.schedule.wake_epochs(self.model, head="fc", initial=plan.trainable)
         groups = param_groups(self.model, lr=1e-2, head="fc", weight_decay=0.5, names=wake)
-        groups = split_by_epoch(groups, wake, steps_per_epoch=STEPS, schedule=self.schedule)
+        groups, self.wakes = split_by_epoch(groups, wake, steps_per_epoch=STEPS, schedule=self.schedule)
         self.opt = build_optimizer(groups, name="adamw", lr=1e-2)
         self.sched = build_scheduler(self.opt, name=schedule_name, total_steps=3 * STEPS, warmup_steps=2,
-                                     step_size_steps=5, unfreeze_warmup_steps=STEPS)
+                                     step_size_steps=5, unfreeze_warmup_steps=STEPS, wakes=self.wakes)
         self.gen = torch.Generator().manual_seed(1)
 
     def begin_epoch(self, epoch: int) -> None:
         woken = []
-        for i, g in enumerate(self.opt.param_groups):
-            if g["unfreeze_epoch"] <= epoch:
+        for i, (g, w) in enumerate(zip(self.opt.param_groups, self.wakes, strict=True)):
+            if w.epoch <= epoch:
                 for p in g["params"]:
                     p.requires_grad_(True)
                 if not self.sched.is_awake(i):
@@ -212,8 +212,10 @@ def group_index(opt: torch.optim.Optimizer, name: str) -> int:
 def test_every_scheduler_survives_staged_unfreezing(schedule_name: str) -> None:
     run = Staged(schedule_name)
     groups = run.opt.param_groups
-    assert [g["unfreeze_epoch"] for g in groups] == [2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 0, 0]
-    assert all(bool(g.get("inert")) == (g["unfreeze_epoch"] > 0) for g in groups)
+    assert [w.epoch for w in run.wakes] == [2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 0, 0]
+    # the unfreezing state lives beside the optimizer, typed, not as keys inside its groups
+    assert not any(k in g for g in groups for k in ("unfreeze_epoch", "inert", "unfreeze_warmup_steps"))
+    assert [w.warmup_steps for w in run.wakes] == [2] * 8 + [STEPS] * 2 + [0, 0]
     layer4, stem, head = (group_index(run.opt, n) for n in ("layer4", "stem", "head"))
     start = {n: p.detach().clone() for n, p in run.model.named_parameters()}
     for epoch in range(3):

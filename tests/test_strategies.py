@@ -14,8 +14,16 @@ from torch import nn
 
 from regraft.config import Config
 from regraft.errors import ConfigError, FreezeError
-from regraft.strategies import DEFAULT_LR, STRATEGIES, TrainPlan, default_lr, format_audit, plan
-from tests.helpers import TinyResNet, TinyVGG
+from regraft.strategies import (
+    DEFAULT_LR,
+    STRATEGIES,
+    TrainPlan,
+    decide,
+    default_lr,
+    format_audit,
+    plan,
+)
+from tests.helpers import TinyResNet, TinyVGG, fit_stage
 
 
 def resnet18() -> nn.Module:
@@ -52,7 +60,7 @@ def test_each_strategy_on_resnet18(strategy: str, expected: list[str], trunk_lr:
     assert got["head"] == pytest.approx(head_lr) and got["head/no_decay"] == pytest.approx(head_lr)
     if trunk_lr is not None:
         assert got["layer4"] == pytest.approx(trunk_lr)
-    assert p.linear_probe_first == (strategy == "lp-ft")
+    assert p.strategy.value == strategy
     assert p.head == "fc" and p.optimizer.param_groups[0]["weight_decay"] == 0.05
     audit = p.audit()
     assert sum(r["trainable_params"] + r["frozen_params"] for r in audit) == sum(t.numel() for t in p.model.parameters())
@@ -258,8 +266,10 @@ def test_timm_model_partial() -> None:
 
 
 def test_strategy_errors() -> None:
-    with pytest.raises(ConfigError, match=r"got 'auto' \(resolve 'auto' first"):
+    with pytest.raises(ConfigError, match=r"needs a concrete strategy; resolve 'auto' first with regraft.strategies.decide"):
         plan(resnet18(), strategy="auto", cfg=Config(), steps_per_epoch=2, head="fc")
+    with pytest.raises(ConfigError, match=r"strategy must be one of auto, scratch, probe, .*; got 'fancy'"):
+        plan(resnet18(), strategy="fancy", cfg=Config(), steps_per_epoch=2, head="fc")
     with pytest.raises(FreezeError, match="nothing to train"):
         plan(resnet18(), strategy="full", cfg=Config(freeze=["all"]), steps_per_epoch=2, head="fc")
     with pytest.raises(FreezeError, match=r"unfreeze\[1\]: 'layer9' matches no stage"):
@@ -277,19 +287,14 @@ def loaders() -> tuple:
     return DataLoader(TensorDataset(x, y), batch_size=4), DataLoader(TensorDataset(x, y), batch_size=8)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_each_strategy_trains_in_the_engine_with_frozen_parts_bitwise_fixed(strategy: str) -> None:
-    from regraft.freezing import apply_bn_policy
-    from regraft.training import loop as engine
-
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "probe"])
+def test_each_strategy_trains_in_the_loop_with_frozen_parts_bitwise_fixed(strategy: str) -> None:
     torch.manual_seed(0)
     model = TinyResNet()
     train, val = loaders()
-    acc = engine.make_accelerator(device="cpu")
     p = plan(model, strategy=strategy, cfg=Config(epochs=2, lr=1e-2), steps_per_epoch=len(train), head="fc")
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    prepared, p.optimizer = acc.prepare(model, p.optimizer)
-    engine.fit(prepared, p, train, val, epochs=2, accelerator=acc, after_train_mode=apply_bn_policy)
+    fit_stage(model, p, train, val, epochs=2)
     end = model.state_dict()
     trains = {"head": ("fc",), "partial": ("layer4", "fc")}.get(strategy)
     if strategy == "gradual":  # two epochs: the head, then everything (the last step is 'all')
@@ -302,10 +307,9 @@ def test_each_strategy_trains_in_the_engine_with_frozen_parts_bitwise_fixed(stra
             assert not torch.equal(value, start[key]), f"{strategy}: {key} did not train"
 
 
-def test_engine_checkpoint_restores_the_plan() -> None:
-    from regraft.freezing import apply_bn_policy
+def test_checkpoint_restores_the_plan() -> None:
     from regraft.runs import RunDir, load_checkpoint
-    from regraft.training import loop as engine
+    from regraft.training import checkpoint as ckpt
 
     def fresh():
         torch.manual_seed(0)
@@ -314,15 +318,71 @@ def test_engine_checkpoint_restores_the_plan() -> None:
         return m, p
 
     train, val = loaders()
-    acc = engine.make_accelerator(device="cpu")
     model, p = fresh()
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir.prepare(f"{tmp}/run", overwrite=True, resume=False)
-        engine.fit(model, p, train, val, epochs=2, accelerator=acc, run=run, after_train_mode=apply_bn_policy)
+        fit_stage(model, p, train, val, epochs=2, run=run)
         checkpoint = load_checkpoint(run.checkpoint)
     assert checkpoint["plan"]["awake"] == ["layer4", "layer4/no_decay", "head", "head/no_decay"]
     model2, p2 = fresh()
-    engine.restore(checkpoint, model=model2, plan=p2, accelerator=acc)
+    ckpt.restore(checkpoint, model=model2, optimizer=p2.optimizer, scheduler=p2.scheduler, plan=p2)
     assert [q.requires_grad for q in model2.parameters()] == [q.requires_grad for q in model.parameters()]
     assert [g["lr"] for g in p2.optimizer.param_groups] == [g["lr"] for g in p.optimizer.param_groups]
     assert p2.audit() == p.audit()
+
+
+# ---------------------------------------------------------------------------- decisions, made once
+
+
+def test_decide_types_every_strategy_dependent_choice() -> None:
+    from regraft.strategies import Strategy
+
+    auto = decide(Config(), pretrained=True)
+    assert (auto.strategy, auto.auto, auto.probe_first, auto.hold_bn_stats) == (Strategy.LP_FT, True, True, True)
+    assert auto.stop_behind_probe and auto.wise_ft and auto.lr_find_as is Strategy.FULL and auto.cache_reason
+    scratch = decide(Config(), pretrained=False)
+    assert scratch.strategy is Strategy.SCRATCH and not scratch.loads_weights and not scratch.probe_first
+    explicit = decide(Config(strategy="lp-ft"), pretrained=True)
+    assert explicit.probe_first and not explicit.stop_behind_probe and not explicit.wise_ft  # keeps its meaning
+    head = decide(Config(strategy="head"), pretrained=True)
+    assert head.cache_reason == "" and not head.hold_bn_stats
+    assert decide(Config(strategy="head", mixup=0.2), pretrained=True).cache_reason.startswith("mixup")
+    probe = decide(Config(strategy="probe"), pretrained=True)
+    assert probe.probe_first and not probe.fine_tunes and probe.lr_find_as is Strategy.HEAD
+    assert decide(Config(strategy="lp-ft", bn_eval=False), pretrained=True).hold_bn_stats is False
+    with pytest.raises(ConfigError, match="strategy probe fits a probe on pretrained features, but --weights is none"):
+        decide(Config(strategy="probe"), pretrained=False)
+
+
+def test_validation_regime_cross_validates_only_small_data_without_a_split() -> None:
+    from regraft.strategies import validation_regime
+
+    auto = decide(Config(), pretrained=True)
+    assert validation_regime(auto, has_val_split=False, class_counts=[20, 25, 30]) == "cv5"
+    assert validation_regime(auto, has_val_split=True, class_counts=[20, 25, 30]) == "holdout"
+    assert validation_regime(auto, has_val_split=False, class_counts=[200, 300]) == "holdout"
+    explicit = decide(Config(strategy="lp-ft"), pretrained=True)
+    assert validation_regime(explicit, has_val_split=False, class_counts=[20, 20]) == "holdout"
+
+
+def test_after_probe_explains_each_choice() -> None:
+    from regraft.strategies import Evidence, after_probe
+
+    auto = decide(Config(), pretrained=True)
+    cv = after_probe(auto, Evidence(validation="cv5", probe_acc=0.94, probe_loss=0.2, probe_acc_std=0.02, class_counts=[20] * 4))
+    assert cv.action == "probe" and cv.reason.startswith("probe 0.940 ± 0.020 (5-fold); fine-tuning skipped: the data have no validation split")
+    done = after_probe(auto, Evidence(validation="holdout", probe_acc=1.0, probe_loss=0.01, class_counts=[40] * 3))
+    assert done.action == "probe" and done.reason.endswith("fine-tuning skipped: nothing left to gain")
+    go = after_probe(auto, Evidence(validation="holdout", probe_acc=0.8, probe_loss=0.5, class_counts=[40] * 3, epochs=5))
+    assert (go.action, go.epochs) == ("lp-ft", 5) and "while it beats the probe" in go.reason
+    weak = after_probe(auto, Evidence(validation="holdout", probe_acc=0.4, probe_loss=1.5, class_counts=[300] * 3))
+    assert weak.action == "full" and "BatchNorm statistics adapting" in weak.reason
+    broke = after_probe(auto, Evidence(validation="holdout", probe_acc=0.8, probe_loss=0.5, class_counts=[40] * 3,
+                                       seconds_so_far=50, seconds_per_epoch=30, time_budget=60))
+    assert broke.action == "probe" and "over" not in broke.reason and "10 s of --time-budget are left" in broke.reason
+    some = after_probe(auto, Evidence(validation="holdout", probe_acc=0.8, probe_loss=0.5, class_counts=[40] * 3,
+                                      seconds_so_far=10, seconds_per_epoch=20, time_budget=75, epochs=5))
+    assert (some.action, some.epochs) == ("lp-ft", 3) and "(3 epochs fit the --time-budget)" in some.reason
+    explicit = after_probe(decide(Config(strategy="lp-ft"), pretrained=True),
+                           Evidence(validation="holdout", probe_acc=1.0, probe_loss=0.01, class_counts=[40] * 3))
+    assert explicit.action == "lp-ft"  # explicit strategies keep their meaning

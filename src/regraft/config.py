@@ -24,7 +24,7 @@ from regraft.errors import ConfigError
 
 __all__ = ["Config", "load_config", "parse_override", "STRATEGIES", "OPTIMIZERS", "SCHEDULES"]
 
-STRATEGIES = ("auto", "scratch", "head", "partial", "full", "lp-ft", "gradual")
+STRATEGIES = ("auto", "scratch", "probe", "head", "partial", "full", "lp-ft", "gradual")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle", "step")
 AUGMENTS = ("none", "light", "strong")
@@ -50,7 +50,7 @@ class Config:
     data: str | None = None  # folder (train/ + val/, or class subfolders) or a CSV root
     model: str | None = None  # torchvision or timm name; "timm:NAME"/"torchvision:NAME" force a zoo
     weights: str = "DEFAULT"  # none | DEFAULT | enum name | hub tag | file | URL
-    strategy: str = "auto"  # auto = lp-ft with pretrained weights, scratch without
+    strategy: str = "auto"  # auto = decide from the probe's evidence with pretrained weights, scratch without
     # --- data
     train_csv: str | None = None  # CSV/TSV of path,label (paths relative to data)
     val_csv: str | None = None
@@ -106,8 +106,10 @@ class Config:
     warmup_epochs: float = 0.0
     step_size: int = 3  # schedule step: epochs between decays
     gamma: float = 0.1
-    lp_epochs: int = 50  # lp-ft: max head-only epochs on cached features
-    lp_lr: float | None = None  # lp-ft probe LR (None = 1e-2, AdamW)
+    # --- the probe and decisions from evidence (auto, probe, lp-ft)
+    probe_l2: float | None = None  # the probe's L2 penalty (None = chosen by stratified k-fold cross-validation)
+    time_budget: float | None = None  # seconds for the whole run; auto fine-tunes only as many epochs as fit
+    wise_ft: bool = True  # auto: pick a mix of the probe's and the fine-tuned weights on validation evidence
     # --- engine
     precision: str = "auto"  # auto = bf16 on a capable GPU or a CPU with AMX, else fp32
     channels_last: bool | None = None  # None = on for convolutional models on CPU and CUDA

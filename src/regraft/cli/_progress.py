@@ -10,10 +10,13 @@ from regraft.training.loop import Callback, EpochResult
 
 
 def epoch_line(r: EpochResult, epochs: int) -> str:
+    """One evaluation as a line; ``lr`` is the mean LR of the steps it covers (the LR used)."""
     stage = f"[{r.stage}] " if r.stage not in ("train", "") else ""
+    epoch = f"{r.epoch:g}" if not float(r.epoch).is_integer() else str(int(r.epoch))
+    lr = f"  lr {r.lr:.2e}" if r.lr is not None else ""
     return (
-        f"{stage}epoch {r.epoch}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.3f}  "
-        f"val loss {r.val_loss:.4f} acc {r.val_acc:.3f}  lr {r.lr:.2e}  "
+        f"{stage}epoch {epoch}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.3f}  "
+        f"val loss {r.val_loss:.4f} acc {r.val_acc:.3f}{lr}  "
         f"{r.images_per_sec:.1f} img/s  {r.epoch_seconds:.1f}s"
     )
 
@@ -29,9 +32,7 @@ class PlainProgress(Callback):
         self.epochs = epochs
 
     def on_epoch_end(self, result: EpochResult) -> None:
-        # the linear probe's many cheap epochs are summed up in one message instead
-        if result.stage != "probe":
-            print(epoch_line(result, self.epochs), file=self.stream, flush=True)
+        print(epoch_line(result, self.epochs), file=self.stream, flush=True)
 
     def on_message(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -75,8 +76,7 @@ class RichProgress(PlainProgress):
             self.progress.update(self.task, completed=step, loss=shown)
 
     def on_epoch_end(self, result: EpochResult) -> None:
-        if result.stage != "probe":
-            self.progress.console.print(epoch_line(result, self.epochs), highlight=False)
+        self.progress.console.print(epoch_line(result, self.epochs), highlight=False)
         if result.epoch >= self.epochs:
             self.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
+# what --resume takes from the command line: where and how fast it runs, and more epochs; the rest
+# (model, data, strategy, LRs ...) is the run's own, or the resumed run would not be the same run
+RESUME_FLAGS = ("device", "workers", "cache_ram", "cache_dir", "epochs", "trust_checkpoint")
+
+
 def config_from_args(args: argparse.Namespace):
     """Recipe file + flags (+ --set) -> a validated Config; flags win."""
     from regraft.config import Config, load_config, parse_override
@@ -114,7 +120,14 @@ def config_from_args(args: argparse.Namespace):
         if not recipe.is_file():
             raise ConfigError(f"cannot resume {args.resume}: it has no config.yaml (is it a run folder?)")
         cfg = Config.from_yaml(recipe)
-        return cfg.merged({"out": args.resume, **{k: v for k, v in overrides.items() if k in ("device", "workers", "cache_ram")}})
+        given = {**overrides, **explicit}
+        honoured = {k: v for k, v in given.items() if k in RESUME_FLAGS}
+        ignored = sorted(k for k in given if k not in RESUME_FLAGS and k != "data")
+        if ignored:
+            names = ", ".join("--" + k.replace("_", "-") for k in ignored)
+            print(f"note: --resume continues {args.resume} with its own settings; ignored: {names} "
+                  f"(honoured on resume: {', '.join('--' + k.replace('_', '-') for k in RESUME_FLAGS)})", file=sys.stderr)
+        return cfg.merged({"out": args.resume, **honoured})
     return load_config(args.config, overrides, explicit=explicit)
 
 
@@ -135,7 +148,23 @@ def run(args: argparse.Namespace) -> int:
     callbacks = make_progress(args.quiet)
     result = train(cfg, callbacks=callbacks, resume=bool(args.resume))
     if not args.quiet:
-        s = result.summary
-        where = "from the linear probe (fine-tuning did not beat it)" if s["best_epoch"] == 0 else f"at epoch {s['best_epoch']} of {s['epochs']}"
-        print(f"best val acc {s['best_val_acc']:.4f} {where} ({s['train_seconds']:.1f}s training); run folder: {result.run.path}")
+        print(summary_line(result.summary, result.run.path))
     return 0
+
+
+def summary_line(s: dict[str, Any], path: Any) -> str:
+    """The last line of ``regraft train``: the kept model's figure, where it comes from, the run folder."""
+    acc = s.get("best_val_acc")
+    if str(s.get("validation", "holdout")).startswith("cv"):
+        std = s.get("best_val_acc_std")
+        figure = f"cross-validated acc {acc:.4f}" + (f" ± {std:.4f}" if std is not None else "") + f" ({s['validation'][2:]}-fold)"
+    else:
+        figure = f"best val acc {acc:.4f}"
+    stage = s.get("best_stage")
+    if stage == "probe":
+        where = "from the probe"
+    elif stage == "wise-ft":
+        where = f"from the WiSE-FT mix α {s.get('wise_ft', {}).get('alpha')}"
+    else:
+        where = f"at epoch {s.get('best_epoch')} of {s.get('epochs')}"
+    return f"{figure} {where} ({s.get('wall_seconds', 0):.1f}s); run folder: {path}"

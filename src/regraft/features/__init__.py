@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -30,7 +31,7 @@ from regraft.features.store import CachedFeatures, FeatureCache, FeatureLoader
 
 __all__ = [
     "Cut", "find_cut", "explain_cut", "FeatureCache", "CachedFeatures", "FeatureLoader",
-    "CachedTraining", "cache_features", "feature_loaders", "feature_views", "train_with_cache",
+    "CachedTraining", "CacheSettings", "cache_features", "feature_loaders", "feature_views", "train_with_cache",
     ]
 
 log = logging.getLogger(__name__)
@@ -39,57 +40,89 @@ log = logging.getLogger(__name__)
 class CachedTraining(NamedTuple):
     """What :func:`regraft.training.loop.fit` trains on when the prefix is cached."""
 
-    module: nn.Module  # the trainable rest, prepared by the accelerator
+    module: nn.Module  # the trainable rest (shares its parameters with the model)
     train_loader: FeatureLoader
     val_loader: FeatureLoader
 
 
+@dataclass(frozen=True)
+class CacheSettings:
+    """What caching needs to know, and nothing more (``from_config`` reads it off a run's config)."""
+
+    batch_size: int = 32
+    seed: int = 0
+    workers: int | None = None
+    augment: str = "light"
+    feature_views: int = 1  # views per training image: the plain image + feature_views-1 augmented
+    fp16: bool = False
+    cache_ram: str | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> CacheSettings:
+        return cls(batch_size=cfg.batch_size, seed=cfg.seed, workers=cfg.workers, augment=cfg.augment,
+                   feature_views=cfg.feature_views, fp16=cfg.feature_fp16, cache_ram=cfg.cache_ram, cache_dir=cfg.cache_dir)
+
+    @property
+    def views(self) -> int:
+        """Views cached per training image: ``feature_views``, or 1 when augmentation is off."""
+        return 1 if self.augment == "none" else max(1, self.feature_views)
+
+
 def feature_views(cfg: Config) -> int:
     """Views cached per training image: ``cfg.feature_views``, or 1 when augmentation is off."""
-    return 1 if cfg.augment == "none" else max(1, cfg.feature_views)
+    return CacheSettings.from_config(cfg).views
 
 
 def cache_features(
     cut: Cut,
     model: nn.Module,
     train_dataset: Any,
-    val_dataset: Any,
+    val_dataset: Any | None,
     *,
-    cfg: Config,
-    accelerator: Any,
-) -> tuple[FeatureCache, FeatureCache] | None:
-    """Check ``cut`` on a few validation images, then cache the training and validation features.
+    settings: CacheSettings,
+    device: torch.device,
+    autocast: Callable[[], Any] | None = None,
+    views: int | None = None,
+) -> tuple[FeatureCache, FeatureCache | None] | None:
+    """Check ``cut`` on a few images, then cache the training and validation features.
 
-    The training images get :func:`feature_views` views: with augmentation on, the first is
-    the image un-augmented (the validation transform) and the others are augmented (a single
-    fixed random crop per image measured worse than the plain image; docs/features.md).
+    The training images get ``views`` views (default :attr:`CacheSettings.views`): with
+    augmentation on, the first is the image un-augmented (the validation transform) and the
+    others are augmented (a single fixed random crop per image measured worse than the plain
+    image; docs/features.md). Training features are computed under ``autocast`` (the run's step
+    numerics); validation features always in fp32, the numerics of inference, so that every
+    figure measured on them is what ``regraft eval`` reproduces.
 
     Args:
         cut: from :func:`find_cut` on ``model``.
         model: the unwrapped model (its modules' train/eval modes are given back afterwards).
-        train_dataset, val_dataset: yield ``(image tensor, label)`` (``regraft.data.ImageDataset``).
-        cfg: ``augment``, ``feature_views``, ``feature_fp16``, ``batch_size``, ``seed``,
-            ``workers``, ``cache_ram``, ``cache_dir``.
-        accelerator: gives the device and the autocast context.
+        train_dataset, val_dataset: yield ``(image tensor, label)`` (``regraft.data.ImageDataset``);
+            ``val_dataset`` may be None or empty (no validation split).
+        settings: batch size, seed, workers, views, fp16 storage, RAM budget, cache folder.
+        device: where the prefix runs.
+        autocast: the context factory of the training steps (None: fp32).
 
     Returns:
-        ``(train_cache, val_cache)``, or None (logged) when the split model's output does not
-        match the model's on the check images.
+        ``(train_cache, val_cache or None)``, or None (logged) when the split model's output does
+        not match the model's on the check images.
     """
-    device = accelerator.device
+    has_val = val_dataset is not None and len(val_dataset) > 0
     with eval_modes(model):
-        reason = cut.check(model, _first_images(val_dataset, device), autocast=accelerator.autocast)
+        reason = cut.check(model, _first_images(val_dataset if has_val else train_dataset, device), autocast=autocast)
         if reason is not None:
             log.warning("feature cache off: %s", reason)
             return None
-        budget = _ram_budget(cfg, (train_dataset, val_dataset))
-        common = dict(batch_size=cfg.batch_size, device=device, autocast=accelerator.autocast, cache_dir=cfg.cache_dir,
-                      fp16=cfg.feature_fp16, seed=cfg.seed, workers=cfg.workers)
-        views = feature_views(cfg)
-        clean = _clean_view(train_dataset, val_dataset) if cfg.augment != "none" else None
+        budget = _ram_budget(settings, (train_dataset, val_dataset))
+        common = dict(batch_size=settings.batch_size, device=device, cache_dir=settings.cache_dir,
+                      fp16=settings.fp16, seed=settings.seed, workers=settings.workers)
+        views = settings.views if views is None else views
+        clean = _clean_view(train_dataset, val_dataset) if settings.augment != "none" and has_val else None
         augmented = views - 1 if clean is not None else views
-        train = FeatureCache.build(cut.prefix, train_dataset, views=augmented, clean=clean, ram_bytes=budget, **common)
-        val = FeatureCache.build(cut.prefix, val_dataset, views=1, ram_bytes=max(0, budget - train.nbytes), **common)
+        train = FeatureCache.build(cut.prefix, train_dataset, views=augmented, clean=clean, ram_bytes=budget,
+                                   autocast=autocast, **common)
+        val = FeatureCache.build(cut.prefix, val_dataset, views=1, ram_bytes=max(0, budget - train.nbytes),
+                                 **common) if has_val else None
     return train, val
 
 
@@ -97,7 +130,7 @@ def feature_loaders(
     train: FeatureCache, val: FeatureCache, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
     mix_views: bool = True,
 ) -> tuple[FeatureLoader, FeatureLoader]:
-    """Loaders over cached features with the engine's sampler (each sample once per epoch).
+    """Loaders over cached features with the run's batch sampler (each sample once per epoch).
 
     Each training sample draws one of its views per epoch, seeded by ``(seed, epoch)``;
     ``mix_views=False`` trains epoch ``e`` on view ``e % views`` instead.
@@ -114,68 +147,39 @@ def feature_loaders(
 def train_with_cache(
     model: nn.Module,
     *,
-    plan: Any,
     train_dataset: Any,
     val_dataset: Any,
-    cfg: Config,
-    accelerator: Any,
+    settings: CacheSettings,
+    device: torch.device,
+    autocast: Callable[[], Any] | None = None,
     head: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
     notify: Callable[[str], None] | None = None,
 ) -> CachedTraining | None:
-    """The trainable rest and loaders over cached features, when the plan allows it.
+    """The trainable rest and loaders over cached features, when the model can be cut.
 
-    Call after :func:`regraft.strategies.plan` has frozen the model (its ``requires_grad``
-    flags say what trains). Pass the result to ``engine.fit`` in place of the model and the
-    loaders, with ``save_model=`` the full model so the best weights saved are the model's.
-
-    Args:
-        model: the unwrapped full model (the plan's optimizer holds its trainable parameters).
-        plan: the :class:`~regraft.strategies.TrainPlan` (a plan that unfreezes later never caches).
-        train_dataset, val_dataset: the run's image datasets.
-        cfg: the run's config (``feature_cache``, ``feature_views``, ``feature_fp16``, ...).
-        accelerator: the run's ``Accelerator``.
-        head: the head's dotted path (used for families regraft has no forward order for).
-        notify: told one line about the cache (default: log only).
+    Call after :func:`regraft.strategies.plan` has frozen the model (its ``requires_grad`` flags
+    say what trains), and only for a plan that keeps that set for the whole run (the strategy
+    decides: ``Decisions.cache_reason``). Train the returned module with the returned loaders and
+    keep the full model's weights: the rest shares its parameters with the model.
 
     Returns:
-        A :class:`CachedTraining`, or None when caching is off (the reason is logged as
+        A :class:`CachedTraining`, or None when the model cannot be cut (the reason is logged as
         ``feature cache off: <why>``); then train the full model as usual.
     """
-    reason = _static_reason(cfg, plan)
-    cut = None
-    if reason is None:
-        cut, reason = explain_cut(model, head=head)
-    caches = cache_features(cut, model, train_dataset, val_dataset, cfg=cfg, accelerator=accelerator) if cut else None
-    if cut is None or caches is None:
+    cut, reason = explain_cut(model, head=head)
+    caches = cache_features(cut, model, train_dataset, val_dataset, settings=settings, device=device,
+                            autocast=autocast) if cut else None
+    if cut is None or caches is None or caches[1] is None:
         if reason is not None and cut is None:
             log.info("feature cache off: %s", reason)
         return None
     train_loader, val_loader = feature_loaders(
-        *caches, batch_size=cfg.batch_size, seed=cfg.seed, rank=accelerator.process_index, world_size=accelerator.num_processes
+        caches[0], caches[1], batch_size=settings.batch_size, seed=settings.seed, rank=rank, world_size=world_size,
     )
-    text = f"feature cache: {cut.describe()}; {caches[0].describe()}"
-    (notify or log.info)(text)
-    return CachedTraining(accelerator.prepare_model(cut.rest), train_loader, val_loader)
-
-
-def _static_reason(cfg: Config, plan: Any) -> str | None:
-    """Why the config or the plan rules caching out before looking at the model, if they do."""
-    if not cfg.feature_cache:
-        return "feature_cache is false"
-    if cfg.unfreeze or cfg.strategy in ("gradual", "lp-ft") or _unfreezes_later(plan):
-        return "the plan changes what is frozen during the run"
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        return "mixup and cutmix mix images, not features"
-    if cfg.ema is not None:
-        return "EMA averages the whole model's weights"
-    return None
-
-
-def _unfreezes_later(plan: Any) -> bool:
-    if getattr(plan, "unfreeze", None):
-        return True
-    groups = getattr(getattr(plan, "optimizer", None), "param_groups", [])
-    return any(group.get("unfreeze_epoch", 0) > 0 for group in groups)
+    (notify or log.info)(f"feature cache: {cut.describe()}; {caches[0].describe()}")
+    return CachedTraining(cut.rest, train_loader, val_loader)
 
 
 def _first_images(dataset: Any, device: torch.device, n: int = 4) -> torch.Tensor:
@@ -186,12 +190,12 @@ def _first_images(dataset: Any, device: torch.device, n: int = 4) -> torch.Tenso
     return x.to(device)
 
 
-def _ram_budget(cfg: Config, datasets: Sequence[Any]) -> int:
-    """The cache RAM budget (``cfg.cache_ram``, default a quarter of available) less decoded images."""
+def _ram_budget(settings: CacheSettings, datasets: Sequence[Any]) -> int:
+    """The cache RAM budget (``cache_ram``, default a quarter of available) less decoded images."""
     from regraft.data.cache import available_memory, parse_bytes
 
-    total = parse_bytes(cfg.cache_ram) if cfg.cache_ram is not None else available_memory() // 4
-    decoded = sum(getattr(getattr(ds, "_images", None), "ram_bytes", 0) or 0 for ds in datasets)
+    total = parse_bytes(settings.cache_ram) if settings.cache_ram is not None else available_memory() // 4
+    decoded = sum(getattr(getattr(ds, "_images", None), "ram_bytes", 0) or 0 for ds in datasets if ds is not None)
     return max(0, total - decoded)
 
 

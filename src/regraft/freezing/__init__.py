@@ -47,11 +47,12 @@ from regraft.freezing.batchnorm import (
     is_bn,
     mark_bn,
     norm_params,
+    release_bn_policy,
     swap_frozen_bn,
 )
 from regraft.freezing.stages import cover, find_stages, under, vgg_fc
 
-__all__ = ["FreezePlan", "freeze", "stages", "select", "apply_bn_policy", "hold_bn_statistics", "swap_frozen_bn", "resolve_head", "Spec"]
+__all__ = ["FreezePlan", "freeze", "stages", "select", "apply_bn_policy", "hold_bn_statistics", "release_bn_policy", "swap_frozen_bn", "resolve_head", "Spec"]
 
 log = logging.getLogger(__name__)
 

@@ -136,6 +136,25 @@ def apply_bn_policy(model: nn.Module) -> int:
     return count
 
 
+def release_bn_policy(model: nn.Module) -> int:
+    """Undo :func:`mark_bn` and :func:`hold_bn_statistics` on ``model`` (in place): remove the
+    forward pre-hooks and the flags, so that ``model.train()`` / ``model.eval()`` behave as plain
+    PyTorch again. Training calls it on a user's module before handing it back. Returns how many
+    hooks were removed.
+    """
+    removed = 0
+    for module in model.modules():
+        if not is_bn(module):
+            continue
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if hook is _keep_frozen_bn_in_eval:
+                del module._forward_pre_hooks[key]
+                removed += 1
+        for flag in (_FROZEN_FLAG, _TRAIN_FLAG, _EVAL_FLAG):
+            module.__dict__.pop(flag, None)
+    return removed
+
+
 def swap_frozen_bn(model: nn.Module, paths: Sequence[str]) -> list[str]:
     """Replace the BatchNorm2d modules at ``paths`` by frozen equivalents (in place); returns those replaced.
 

@@ -35,7 +35,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from regraft.errors import ConfigError, FreezeError
 from regraft.freezing import resolve_head
 from regraft.freezing.stages import find_stages, under
-from regraft.optim.unfreeze import UnfreezeSchedule, UnfreezeStep, split_by_epoch
+from regraft.optim.unfreeze import GroupWake, UnfreezeSchedule, UnfreezeStep, split_by_epoch
 
 __all__ = [
     "param_groups",
@@ -45,6 +45,7 @@ __all__ = [
     "GroupScheduler",
     "UnfreezeSchedule",
     "UnfreezeStep",
+    "GroupWake",
     "split_by_epoch",
     "OPTIMIZERS",
     "SCHEDULES",
@@ -206,9 +207,10 @@ def _cos_between(start: float, end: float, x: float) -> float:
 class GroupScheduler(LRScheduler):
     """Per-batch schedule: each group's LR is ``base_lr × schedule(step) × wake ramp``.
 
-    Groups whose dict says ``inert: True`` start asleep (LR 0) until :meth:`wake`; a woken group
-    ramps linearly from ``1/W`` to 1 over its ``W`` warmup steps. Groups added to the optimizer
-    later (``add_param_group``) are picked up and warm up from the step they appear.
+    ``wakes`` (one :class:`GroupWake` per group, from :func:`split_by_epoch`) says which groups
+    start asleep (LR 0, ``epoch > 0``) until :meth:`wake`; a woken group ramps linearly from
+    ``1/W`` to 1 over its ``W`` warmup steps. Groups added to the optimizer later
+    (``add_param_group``) are picked up and warm up from the step they appear.
     """
 
     def __init__(
@@ -221,6 +223,7 @@ class GroupScheduler(LRScheduler):
         step_size_steps: int | None = None,
         gamma: float = 0.1,
         unfreeze_warmup_steps: int = 0,
+        wakes: Sequence[GroupWake] | None = None,
     ) -> None:
         self.schedule = schedule
         self.total_steps = max(1, int(total_steps))
@@ -228,14 +231,13 @@ class GroupScheduler(LRScheduler):
         self.step_size_steps = max(1, int(step_size_steps or max(1, self.total_steps // 3)))
         self.gamma = float(gamma)
         self.unfreeze_warmup_steps = max(0, int(unfreeze_warmup_steps))
-        groups = optimizer.param_groups
-        self.wake_steps: list[int | None] = [None if g.get("inert") else 0 for g in groups]
+        plan = list(wakes) if wakes is not None else [GroupWake(0)] * len(optimizer.param_groups)
+        if len(plan) != len(optimizer.param_groups):
+            raise ValueError(f"wakes has {len(plan)} entries for {len(optimizer.param_groups)} optimizer groups")
+        self.wake_steps: list[int | None] = [None if w.epoch > 0 else 0 for w in plan]
         # groups training from the start follow the shared warmup only
-        self.wake_warmup: list[int] = [self._ramp_steps(g) if g.get("inert") else 0 for g in groups]
+        self.wake_warmup: list[int] = [max(0, w.warmup_steps) if w.epoch > 0 else 0 for w in plan]
         super().__init__(optimizer)
-
-    def _ramp_steps(self, group: dict[str, Any]) -> int:
-        return max(0, int(group.get("unfreeze_warmup_steps", self.unfreeze_warmup_steps)))
 
     def factor(self, step: int) -> float:
         """The shared schedule's multiplier at ``step`` (0 = the first optimizer step)."""
@@ -264,8 +266,8 @@ class GroupScheduler(LRScheduler):
     def _sync(self) -> None:
         for group in self.optimizer.param_groups[len(self.base_lrs):]:
             self.base_lrs.append(group.setdefault("initial_lr", group["lr"]))
-            self.wake_steps.append(None if group.get("inert") else max(self.last_epoch, 0))
-            self.wake_warmup.append(self._ramp_steps(group))
+            self.wake_steps.append(max(self.last_epoch, 0))
+            self.wake_warmup.append(self.unfreeze_warmup_steps)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         self._sync()
@@ -298,6 +300,7 @@ def build_scheduler(
     step_size_steps: int | None = None,
     gamma: float = 0.1,
     unfreeze_warmup_steps: int = 0,
+    wakes: Sequence[GroupWake] | None = None,
 ) -> GroupScheduler:
     """A :class:`GroupScheduler`, stepped once per optimizer step (per batch).
 
@@ -308,7 +311,8 @@ def build_scheduler(
             every ``step_size_steps``).
         total_steps: optimizer steps in the run.
         warmup_steps: linear warmup at the start (all schedules but onecycle).
-        unfreeze_warmup_steps: default ramp for groups woken later.
+        unfreeze_warmup_steps: the ramp of groups added to the optimizer later.
+        wakes: one :class:`GroupWake` per group (default: all train from the start).
 
     Raises:
         ConfigError: an unknown schedule name.
@@ -320,5 +324,5 @@ def build_scheduler(
         log.warning("warmup (%d steps) is as long as the run (%d steps): the LR never reaches its peak", warmup_steps, total_steps)
     return GroupScheduler(
         optimizer, schedule=key, total_steps=total_steps, warmup_steps=warmup_steps,
-        step_size_steps=step_size_steps, gamma=gamma, unfreeze_warmup_steps=unfreeze_warmup_steps,
+        step_size_steps=step_size_steps, gamma=gamma, unfreeze_warmup_steps=unfreeze_warmup_steps, wakes=wakes,
     )

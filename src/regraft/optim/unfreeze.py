@@ -114,16 +114,26 @@ class UnfreezeSchedule:
         return next((s.warmup_epochs for s in self.steps if s.epoch == epoch and s.warmup_epochs is not None), None)
 
 
+@dataclass(frozen=True)
+class GroupWake:
+    """When optimizer group ``index`` starts training: ``epoch`` (0 = from the start) and the
+    length of its LR ramp once woken (``warmup_steps``; 0 = at once)."""
+
+    epoch: int
+    warmup_steps: int = 0
+
+
 def split_by_epoch(groups: Sequence[dict[str, Any]], wake: Mapping[str, int], *, steps_per_epoch: int = 1,
-                   schedule: UnfreezeSchedule | None = None) -> list[dict[str, Any]]:
+                   schedule: UnfreezeSchedule | None = None) -> tuple[list[dict[str, Any]], list[GroupWake]]:
     """Split ``groups`` so each holds parameters that start training in the same epoch.
 
-    Parameters missing from ``wake`` are dropped. Groups that start after epoch 0 are marked
-    ``inert`` (the scheduler keeps them at LR 0) with ``unfreeze_epoch`` and
-    ``unfreeze_warmup_steps`` (the step's ``warmup_epochs``, default one epoch). A stage split
-    across several epochs gets names like ``layer4@2``.
+    Parameters missing from ``wake`` are dropped. A stage split across several epochs gets names
+    like ``layer4@2``. Returns the groups and, beside them (one per group, in order), a
+    :class:`GroupWake`: the epoch the group starts and its LR ramp then (the step's
+    ``warmup_epochs``, default one epoch). The unfreezing state lives there, not in the groups.
     """
-    out = []
+    out: list[dict[str, Any]] = []
+    wakes: list[GroupWake] = []
     for group in groups:
         by_epoch: dict[int, list[int]] = {}
         for i, name in enumerate(group["param_names"]):
@@ -133,13 +143,11 @@ def split_by_epoch(groups: Sequence[dict[str, Any]], wake: Mapping[str, int], *,
             new = dict(group)
             new["params"] = [group["params"][i] for i in idx]
             new["param_names"] = [group["param_names"][i] for i in idx]
-            new["unfreeze_epoch"] = epoch
             if len(by_epoch) > 1:
                 stage, sep, rest = group["name"].partition("/")
                 new["name"] = f"{stage}@{epoch}{sep}{rest}"
-            if epoch > 0:
-                warm = schedule.warmup_for(epoch) if schedule is not None else None
-                new["inert"] = True
-                new["unfreeze_warmup_steps"] = round((1.0 if warm is None else warm) * steps_per_epoch)
+            warm = schedule.warmup_for(epoch) if schedule is not None and epoch > 0 else None
+            steps = round((1.0 if warm is None else warm) * steps_per_epoch) if epoch > 0 else 0
             out.append(new)
-    return out
+            wakes.append(GroupWake(epoch=epoch, warmup_steps=steps))
+    return out, wakes

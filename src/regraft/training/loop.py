@@ -1,36 +1,38 @@
-"""The training loop: ``fit`` and ``evaluate`` on HF Accelerate.
+"""The one training loop. Every stage that trains by gradient steps runs through :func:`fit`.
 
-The loop is ours and reads top to bottom; Accelerate carries devices, mixed precision,
-gradient accumulation and distribution, so the same code runs on a CPU, one GPU, or under
-``accelerate launch`` / ``torchrun``. Randomness in an epoch depends only on ``(seed, epoch)``,
-and a checkpoint is written atomically after every epoch, so a resumed run continues exactly.
+Fine-tuning, training on cached features and each step of staged unfreezing are :class:`Stage`\\ s
+of one run; they append to one record of evaluations (``FitState.history``, which becomes
+``metrics.csv``) on one epoch axis, and "best" is always a row of that record whose weights are
+the ones kept (``FitState.best``). The same :class:`Stepper` (autocast, the NaN guard, gradient
+accumulation and clipping, the schedule, EMA) also drives ``lr_find``. Evaluation computes in the
+numerics of inference (fp32), so ``regraft eval`` reproduces every figure recorded here.
 
-The library never prints: progress goes to :class:`Callback` objects (the CLI supplies a
-progress bar or plain lines).
+The loop reads top to bottom; randomness in an epoch depends only on ``(seed, epoch)`` and a
+checkpoint is written atomically after every epoch, so a resumed run continues exactly. The
+library never prints: progress goes to :class:`Callback` objects.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from regraft import rng
 from regraft.errors import TrainingError
+from regraft.runs import RunDir
+from regraft.training import checkpoint
+from regraft.training.numerics import StepNumerics
+from regraft.training.processes import Processes, Trackers
+from regraft.training.step import Stepper, Tally, correct
 
-if TYPE_CHECKING:
-    from accelerate import Accelerator
+__all__ = ["Callback", "EpochResult", "EvalResult", "FitState", "Stage", "Stepper", "fit", "evaluate", "better"]
 
-    from regraft.runs import RunDir
-
-__all__ = ["Callback", "EpochResult", "EvalResult", "FitState", "WeightEMA", "make_accelerator", "fit", "evaluate", "restore", "save_checkpoint", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,14 @@ class Callback:
 
 @dataclass
 class EpochResult:
-    epoch: int  # 1-based
+    """One evaluation: a row of ``metrics.csv``. ``epoch`` is on the run's one axis (fractional mid-epoch)."""
+
+    epoch: float
     train_loss: float
     train_acc: float
     val_loss: float
     val_acc: float
-    lr: float
+    lr: float | None  # the mean LR of the steps since the last row (None for a closed-form fit)
     images_per_sec: float
     epoch_seconds: float
     stage: str = "train"
@@ -61,6 +65,8 @@ class EpochResult:
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
         row.update(row.pop("extra"))
+        if float(row["epoch"]).is_integer():
+            row["epoch"] = int(row["epoch"])
         return row
 
 
@@ -73,485 +79,262 @@ class EvalResult:
     targets: torch.Tensor | None = None
 
 
+def better(acc: float, loss: float, than_acc: float, than_loss: float) -> bool:
+    """The one rule for "better" on validation evidence: higher accuracy, or the same and lower loss."""
+    return acc > than_acc or (acc == than_acc and loss < than_loss)
+
+
 @dataclass
 class FitState:
-    """Where a fit stands; saved in the checkpoint and restored on resume."""
+    """Where a run stands; saved in the checkpoint and restored on resume.
 
-    epoch: int = 0  # epochs completed
+    ``history`` holds every evaluation in time order; ``best`` is the index of the row whose
+    weights the run keeps (``model.safetensors``).
+    """
+
+    epoch: int = 0  # whole training epochs completed, on the run's axis
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_val_acc: float = -1.0
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
+    best: int | None = None
+    lowest_val_loss: float = math.inf  # for patience
+    bad_evals: int = 0
     train_seconds: float = 0.0
-    stopped_early: bool = False
+    stop_reason: str = ""  # why the stage stopped before its last epoch ("" = it did not)
+    stopped_stage: str = ""  # which stage stopped early (a resumed run does not train it again)
+    steps: int = 0  # optimizer steps so far (the trackers' axis)
+
+    @property
+    def best_row(self) -> dict[str, Any] | None:
+        return self.history[self.best] if self.best is not None else None
+
+    def improves(self, acc: float, loss: float) -> bool:
+        row = self.best_row
+        return row is None or better(acc, loss, float(row["val_acc"]), float(row["val_loss"]))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FitState:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
-class WeightEMA:
-    """An exponential moving average of a model's weights, evaluated alongside the model.
 
-    Floating-point parameters and buffers are averaged; integer buffers (BatchNorm's
-    ``num_batches_tracked``) are copied. Updated after every optimizer step.
+@dataclass
+class Stage:
+    """What one call of :func:`fit` trains, and how.
+
+    Attributes:
+        name: the ``stage`` column of its rows (``fine-tune``, ``train``, ...); a ``plan`` with
+            staged unfreezing names each epoch after the parts that train in it instead.
+        model: the module the steps run (possibly wrapped in DDP or compiled).
+        weights: the plain module whose weights the run keeps (the full model when ``model`` is
+            the trainable rest over cached features).
+        plan: the :class:`~regraft.strategies.TrainPlan` (optimizer, scheduler, unfreezing).
+        last_epoch: train until this many epochs are complete on the run's axis.
+        evals_per_epoch: evaluations per epoch (2 on small data: every half epoch).
+        stop_behind: stop as soon as an evaluation does not beat this row (index into history).
+        patience: stop when the validation loss has not improved for this many epochs.
     """
 
-    def __init__(self, model: nn.Module, *, decay: float) -> None:
-        import copy
-
-        if not 0.0 < decay < 1.0:
-            raise TrainingError(f"--ema must be a decay between 0 and 1 (e.g. 0.999); got {decay}")
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        current = model.state_dict()
-        for name, avg in self.module.state_dict().items():
-            new = current[name].detach().to(avg.device)
-            if avg.dtype.is_floating_point:
-                avg.mul_(self.decay).add_(new.to(avg.dtype), alpha=1.0 - self.decay)
-            else:
-                avg.copy_(new)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def make_accelerator(
-    *, device: str = "auto", precision: str = "auto", grad_accum: int = 1, distributed_kwargs: bool = True,
-    log_with: Sequence[str] = (), project_dir: str | None = None, model: nn.Module | None = None,
-) -> Accelerator:
-    """An ``Accelerator`` for ``device`` (auto|cpu|cuda|mps) and ``precision`` (auto|no|fp32|bf16|fp16).
-
-    ``auto`` precision: see :func:`resolve_precision` (``model``: the network it will run).
-    ``log_with``: Accelerate trackers (``tensorboard``, ``mlflow``), writing under ``project_dir``.
-    """
-    _check_trackers(log_with)
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu")
-    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise TrainingError("--device mps was asked for but MPS is not available; use --device auto or cpu")
-    cpu = device == "cpu"
-    precision = resolve_precision(precision, device=device, model=model)
-    # Accelerate keeps one process-wide state and refuses a second Accelerator with another
-    # precision; every regraft run (compare's strategies, fit() in a notebook) starts its own.
-    # The process group (PartialState) is kept, so this is safe under torchrun.
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-    # frozen parameters, and stages unfrozen later, produce no gradients on some steps
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if distributed_kwargs else []
-    return Accelerator(
-        cpu=cpu,
-        mixed_precision=precision,
-        gradient_accumulation_steps=grad_accum,
-        kwargs_handlers=handlers,
-        log_with=list(log_with) or None,
-        project_dir=project_dir,
-    )
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with bf16 matrix units (Intel AMX with AVX512-BF16: Sapphire Rapids and later).
-
-    There, bf16 autocast trains ResNet-18/50, RegNet and ViT 1.5-2.8x faster than fp32 (both
-    channels_last; bench/RESULTS.md); CPUs without AMX emulate bf16 and gain little or lose.
-    """
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported())
-    except (AttributeError, RuntimeError):  # older torch, or a build without these probes
-        return False
-
-
-def has_depthwise_conv(model: nn.Module) -> bool:
-    """Whether ``model`` has depthwise convolutions (MobileNet, EfficientNet, ConvNeXt, ...)."""
-    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
-
-
-def resolve_precision(precision: str, *, device: str = "auto", model: nn.Module | None = None) -> str:
-    """What Accelerate is asked for: ``bf16``, ``fp16`` or ``no`` (full precision).
-
-    ``auto`` is bf16 on a CUDA GPU that supports it; on a CPU, bf16 when it has bf16 matrix units
-    (:func:`cpu_has_fast_bf16`) and ``model`` has no depthwise convolutions: oneDNN's bf16
-    depthwise kernels train MobileNetV3, EfficientNet and EfficientNet-Lite0 0.77-0.95x as fast as
-    fp32 (ConvNeXt 0.98x), so those stay fp32. Full precision elsewhere (other CPUs, MPS).
-    """
-    on_cuda = torch.cuda.is_available() and device != "cpu"
-    on_mps = not on_cuda and device in ("auto", "mps") and hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
-    if precision == "auto":
-        if on_cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "no"
-        fast = not on_mps and cpu_has_fast_bf16()
-        return "bf16" if fast and not (model is not None and has_depthwise_conv(model)) else "no"
-    if precision == "fp32":
-        return "no"
-    if precision == "fp16" and not on_cuda:
-        raise TrainingError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this machine")
-    return precision
-
-
-def resolve_channels_last(channels_last: bool | None, model: nn.Module, device: torch.device) -> bool:
-    """``None`` (auto) is on for models with 2-D convolutions on CPU and CUDA, off on MPS.
-
-    channels_last is oneDNN's and cuDNN's native layout: measured on CPU, fp32 training 1.1-1.2x
-    and bf16 up to 1.5x faster (bench/RESULTS.md); on MPS it has been a source of wrong results.
-    """
-    if channels_last is not None:
-        return bool(channels_last)
-    return device.type in ("cpu", "cuda") and any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-_TRACKER_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
-
-
-def _check_trackers(names: Sequence[str]) -> None:
-    import importlib.util
-
-    from regraft.errors import ConfigError, MissingDependencyError
-
-    for name in names:
-        if name not in _TRACKER_MODULES:
-            raise ConfigError(f"--log {name}: unknown tracker; choose from {', '.join(_TRACKER_MODULES)}")
-        if importlib.util.find_spec(_TRACKER_MODULES[name]) is None:
-            raise MissingDependencyError(f"--log {name} needs {name}: pip install 'regraft[{name}]'")
-
-
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    # augmentation, dropout and mixup draw from these: the same (seed, epoch) gives the same epoch
-    s = seed * 1_000_003 + epoch * 1009 + rank
-    seed_everything(s)
-
-
-def _correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """How many predictions are right, as a tensor on the logits' device (reading it would sync)."""
-    target = y.argmax(dim=1) if y.ndim == 2 else y
-    return (logits.argmax(dim=1) == target).sum()
-
-
-class _StepStats:
-    """Per-step loss and accuracy without stalling a GPU.
-
-    Reading a CUDA loss (``float(loss)``) waits for the step to finish, so the next batch's copy
-    and kernel launches would start only then. On CUDA each step's figures are read one step
-    late, once the next step is queued behind it; elsewhere (no queue to keep full) at once,
-    before the step is applied, so a non-finite loss never reaches the weights.
-    """
-
-    def __init__(self, *, epoch: int, steps: int, callbacks: Sequence[Callback], defer: bool) -> None:
-        self.epoch, self.steps, self.callbacks, self.defer = epoch, steps, callbacks, defer
-        self.loss_sum = self.correct = self.seen = 0.0
-        self._pending: tuple[int, torch.Tensor, torch.Tensor, int] | None = None
-
-    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        item = (step, loss.detach(), _correct(logits.detach(), y), y.shape[0])
-        if not self.defer:
-            self._settle(item)
-            return
-        previous, self._pending = self._pending, item
-        if previous is not None:
-            self._settle(previous)
-
-    def flush(self) -> None:
-        if self._pending is not None:
-            previous, self._pending = self._pending, None
-            self._settle(previous)
-
-    def _settle(self, item: tuple[int, torch.Tensor, torch.Tensor, int]) -> None:
-        step, loss_t, correct_t, n = item
-        loss = float(loss_t)
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the loss became {loss} at epoch {self.epoch}, step {step + 1}: lower --lr, "
-                "or train in full precision (--precision fp32); the best weights so far are kept in the run"
-            )
-        self.loss_sum += loss * n
-        self.correct += int(correct_t)
-        self.seen += n
-        for cb in self.callbacks:
-            cb.on_step(self.epoch, step + 1, self.steps, loss)
+    name: str
+    model: nn.Module
+    weights: nn.Module
+    plan: Any
+    train_loader: Iterable
+    val_loader: Iterable
+    last_epoch: int
+    numerics: StepNumerics
+    seed: int = 0
+    criterion: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    evals_per_epoch: int = 1
+    grad_accum: int = 1
+    clip_grad: float | None = None
+    batch_transform: Callable | None = None
+    after_train_mode: Callable[[nn.Module], Any] | None = None
+    ema: checkpoint.WeightEMA | None = None
+    stop_behind: int | None = None
+    patience: int | None = None
+    checkpoint_extra: dict[str, Any] = field(default_factory=dict)
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    accelerator: Accelerator | None = None,
-    collect: bool = False,
-    channels_last: bool = False,
-) -> EvalResult:
-    """Loss and accuracy of ``model`` over ``loader`` (summed exactly across processes).
+def evaluate(model: nn.Module, loader: Iterable, *, procs: Processes | None = None, collect: bool = False) -> EvalResult:
+    """Loss and accuracy of ``model`` over ``loader`` in the numerics of inference (fp32, no autocast).
 
     Args:
-        model: the (possibly prepared) model; put in eval mode and restored afterwards.
-        loader: yields ``(images, labels)``; under DDP each process must see a disjoint shard.
+        model: the (possibly wrapped) model; put in eval mode and given back its mode afterwards.
+        loader: yields ``(inputs, labels)``; under DDP each process must see a disjoint shard.
         collect: also return all logits and targets (gathered to every process, in shard order).
     """
-    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    procs = procs or Processes(device=next(model.parameters()).device)
+    device = procs.device
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.float64, device=device)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     all_logits, all_targets = [], []
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        ctx = accelerator.autocast() if accelerator is not None else torch.autocast("cpu", enabled=False)
-        with ctx:
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        correct += _correct(logits, y)
-        count += y.shape[0]
+        with torch.autocast(device.type, enabled=False):
+            logits = model(x.float() if x.is_floating_point() else x).float()
+        totals[0] += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+        totals[1] += correct(logits, y)
+        totals[2] += y.shape[0]
         if collect:
             all_logits.append(logits.cpu())
             all_targets.append(y.cpu())
-    if accelerator is not None and accelerator.num_processes > 1:
-        loss_sum, correct, count = (accelerator.reduce(t, reduction="sum") for t in (loss_sum, correct, count))
+    totals = procs.sum(totals)
     model.train(was_training)
-    n = int(count.item())
-    result = EvalResult(loss=float(loss_sum / max(n, 1)), accuracy=float(correct / max(n, 1)), n=n)
+    n = int(totals[2].item())
+    result = EvalResult(loss=float(totals[0] / max(n, 1)), accuracy=float(totals[1] / max(n, 1)), n=n)
     if collect:
-        logits = torch.cat(all_logits) if all_logits else torch.zeros(0)
-        targets = torch.cat(all_targets) if all_targets else torch.zeros(0, dtype=torch.long)
-        if accelerator is not None and accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            parts = gather_object([(logits, targets)])
-            logits = torch.cat([p[0] for p in parts])
-            targets = torch.cat([p[1] for p in parts])
-        result.logits, result.targets = logits, targets
+        parts = procs.gather_objects((torch.cat(all_logits) if all_logits else torch.zeros(0), torch.cat(all_targets) if all_targets else torch.zeros(0, dtype=torch.long)))
+        result.logits = torch.cat([p[0] for p in parts])
+        result.targets = torch.cat([p[1] for p in parts])
     return result
 
 
-def _current_lr(optimizer: torch.optim.Optimizer) -> float:
-    return max((g["lr"] for g in optimizer.param_groups), default=0.0)
+def _finite_weights(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
 def fit(
-    model: nn.Module,
-    plan: Any,
-    train_loader: Iterable,
-    val_loader: Iterable,
-    *,
-    epochs: int,
-    accelerator: Accelerator,
-    run: RunDir | None = None,
-    seed: int = 0,
-    state: FitState | None = None,
-    label_smoothing: float = 0.0,
-    clip_grad: float | None = None,
-    patience: int | None = None,
-    channels_last: bool = False,
-    batch_transform: Callable | None = None,
-    callbacks: Sequence[Callback] = (),
-    save_model: nn.Module | None = None,
-    checkpoint_extra: dict[str, Any] | None = None,
-    stage: str = "train",
-    after_train_mode: Callable[[nn.Module], Any] | None = None,
-    ema: WeightEMA | None = None,
+    stage: Stage, *, procs: Processes, state: FitState | None = None, run: RunDir | None = None,
+    callbacks: Sequence[Callback] = (), trackers: Trackers | None = None,
 ) -> FitState:
-    """Train ``model`` for ``epochs`` epochs with ``plan``'s optimizer and schedule.
-
-    Args:
-        model: the module to train, already prepared by ``accelerator`` (see :func:`prepare`).
-        plan: a :class:`regraft.strategies.TrainPlan` (optimizer, scheduler, ``begin_epoch``) —
-            already prepared too.
-        train_loader, val_loader: yield ``(images, labels)``; the train loader's batch sampler is
-            told the epoch (``set_epoch``) so its order depends on ``(seed, epoch)`` only.
-        run: where the best weights (``model.safetensors``) and ``checkpoints/last.pt`` go; only
-            the main process writes.
-        state: a :class:`FitState` to resume from (its ``epoch`` epochs are skipped).
-        save_model: the module whose weights are saved as the best (default ``model``); used when
-            training runs on a part of the model (cached features).
-        after_train_mode: called after every ``model.train()`` (the frozen-BatchNorm policy).
-        ema: a :class:`WeightEMA` updated after every optimizer step and evaluated each epoch
-            (``val_acc_ema``, ``val_loss_ema``; its best weights go to ``model_ema.safetensors``).
+    """Train ``stage`` until ``stage.last_epoch`` epochs are complete (or it stops early).
 
     Returns:
-        The final :class:`FitState`.
+        The :class:`FitState`, its ``history`` extended by this stage's rows.
 
     Raises:
-        TrainingError: the loss became NaN or infinite (the best weights so far are kept).
+        TrainingError: the loss, the validation loss or the weights became NaN or infinite
+            (the best weights so far stay in the run).
     """
     state = state or FitState()
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    optimizer, scheduler = plan.optimizer, plan.scheduler
-    steps = len(train_loader)
-    for cb in callbacks:
-        cb.on_fit_start(epochs=epochs, start_epoch=state.epoch, steps_per_epoch=steps, stage=stage)
-    for epoch in range(state.epoch, epochs):
-        for message in plan.begin_epoch(epoch) or []:
-            log.info(message)
-            for cb in callbacks:
-                cb.on_message(message)
-        result = _train_one_epoch(
-            model, optimizer, scheduler, train_loader, criterion,
-            accelerator=accelerator, epoch=epoch, seed=seed, clip_grad=clip_grad,
-            channels_last=channels_last, batch_transform=batch_transform,
-            callbacks=callbacks, after_train_mode=after_train_mode, ema=ema,
-        )
-        val = evaluate(model, val_loader, accelerator=accelerator, channels_last=channels_last)
-        result.val_loss, result.val_acc, result.stage = val.loss, val.accuracy, stage
-        ema_improved = False
-        if ema is not None:
-            ema_val = evaluate(ema.module, val_loader, accelerator=accelerator, channels_last=channels_last)
-            ema_improved = ema_val.accuracy > max((r.get("val_acc_ema", -1.0) for r in state.history), default=-1.0)
-            result.extra.update(val_loss_ema=ema_val.loss, val_acc_ema=ema_val.accuracy)
-        state.epoch = epoch + 1
-        state.train_seconds += result.epoch_seconds
-        state.history.append(result.to_row())
-        improved = val.accuracy > state.best_val_acc or (
-            val.accuracy == state.best_val_acc and val.loss < state.best_val_loss
-        )
-        if improved:
-            state.best_val_acc, state.best_epoch = val.accuracy, epoch + 1
-        if val.loss < state.best_val_loss - 1e-6:
-            state.best_val_loss, state.bad_epochs = val.loss, 0
-        else:
-            state.bad_epochs += 1
-        stop = patience is not None and state.bad_epochs >= patience and epoch + 1 < epochs
-        state.stopped_early = stop
-        if run is not None and accelerator.is_main_process:
-            target = accelerator.unwrap_model(save_model or model)
-            if improved:
-                run.save_weights(target)
-            if ema_improved:
-                run.save_weights(ema.module, "model_ema.safetensors")
-            extra = dict(checkpoint_extra or {})
-            if ema is not None:
-                extra["ema"] = ema.state_dict()
-            save_checkpoint(run, accelerator, target, plan, state, extra)
-        if accelerator.trackers:
-            accelerator.log({k: v for k, v in result.to_row().items() if isinstance(v, (int, float))}, step=epoch + 1)
-        accelerator.wait_for_everyone()
-        for cb in callbacks:
-            cb.on_epoch_end(result)
-        if stop:
-            msg = f"early stop after epoch {epoch + 1}: validation loss has not improved for {patience} epochs"
-            log.info(msg)
-            for cb in callbacks:
-                cb.on_message(msg)
-            break
-    return state
-
-
-def _train_one_epoch(
-    model, optimizer, scheduler, loader, criterion, *, accelerator, epoch, seed, clip_grad,
-    channels_last, batch_transform, callbacks, after_train_mode, ema=None,
-) -> EpochResult:
-    _seed_epoch(seed, epoch, accelerator.process_index)
-    sampler = getattr(loader, "batch_sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    model.train()
-    if after_train_mode is not None:
-        after_train_mode(model)
-    for cb in callbacks:
-        cb.on_epoch_start(epoch + 1)
-    steps = len(loader)
-    stats = _StepStats(epoch=epoch + 1, steps=steps, callbacks=callbacks, defer=accelerator.device.type == "cuda")
-    t0 = time.perf_counter()
-    for step, (x, y) in enumerate(loader):
-        x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
-        if channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if batch_transform is not None:
-            x, y = batch_transform(x, y)
-        with accelerator.accumulate(model):
-            with accelerator.autocast():
-                logits = model(x)
-                loss = criterion(logits.float(), y)
-            if not stats.defer:
-                stats.add(step, loss, logits, y)  # raises on a non-finite loss before it is applied
-            accelerator.backward(loss)
-            if clip_grad is not None and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-            if accelerator.sync_gradients:
-                if scheduler is not None:
-                    scheduler.step()
-                if ema is not None:
-                    ema.update(accelerator.unwrap_model(model))
-            optimizer.zero_grad(set_to_none=True)
-        if stats.defer:
-            stats.add(step, loss, logits, y)  # reads the previous step, now queued behind this one
-    stats.flush()
-    seconds = time.perf_counter() - t0
-    totals = torch.tensor([stats.loss_sum, stats.correct, stats.seen], dtype=torch.float64, device=accelerator.device)
-    if accelerator.num_processes > 1:
-        totals = accelerator.reduce(totals, reduction="sum")
-    loss_sum, correct, seen = (float(v) for v in totals)
-    return EpochResult(
-        epoch=epoch + 1,
-        train_loss=loss_sum / max(seen, 1),
-        train_acc=correct / max(seen, 1),
-        val_loss=math.nan,
-        val_acc=math.nan,
-        lr=_current_lr(optimizer),
-        images_per_sec=seen / max(seconds, 1e-9),
-        epoch_seconds=seconds,
+    if state.stopped_stage == stage.name:  # resumed after this stage had already stopped early
+        return state
+    state.stop_reason, state.stopped_stage = "", ""
+    plan, loader = stage.plan, stage.train_loader
+    stepper = Stepper(
+        stage.model, plan.optimizer, numerics=stage.numerics, criterion=stage.criterion, scheduler=plan.scheduler,
+        grad_accum=stage.grad_accum, clip_grad=stage.clip_grad, ema=stage.ema, batch_transform=stage.batch_transform,
     )
-
-
-def rng_state() -> dict[str, Any]:
-    """RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
-    np_state = np.random.get_state()
-    state = {
-        "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
-        "python_version": random.getstate()[0],
-        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    steps = len(loader)  # type: ignore[arg-type]
+    for cb in callbacks:
+        cb.on_fit_start(epochs=stage.last_epoch, start_epoch=state.epoch, steps_per_epoch=steps, stage=stage.name)
+    while state.epoch < stage.last_epoch and not state.stop_reason:
+        _one_epoch(stage, stepper, state, procs=procs, run=run, callbacks=callbacks, trackers=trackers, steps=steps)
     return state
 
 
-def save_checkpoint(run: RunDir, accelerator: Accelerator, model: nn.Module, plan: Any, state: FitState, extra: dict | None) -> None:
-    from regraft.runs import save_checkpoint
+def _one_epoch(stage, stepper, state, *, procs, run, callbacks, trackers, steps) -> None:
+    e = state.epoch  # the epoch being trained, from 0
+    for message in stage.plan.begin_epoch(e) or []:
+        _tell(callbacks, message)
+    label = getattr(stage.plan, "stage_label", lambda _e: None)(e) or stage.name
+    rng.seed_all(rng.epoch_seed(stage.seed, e, procs.index))  # dropout and mixup; the user's state is restored by the caller
+    sampler = getattr(stage.train_loader, "batch_sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(e)
+    stage.model.train()
+    if stage.after_train_mode is not None:
+        stage.after_train_mode(stage.model)
+    for cb in callbacks:
+        cb.on_epoch_start(e + 1)
+    tally = Tally(epoch=e + 1, steps=steps, callbacks=callbacks, defer=procs.device.type == "cuda")
+    marks = _mid_epoch_rows(stage, steps)
+    for i, (x, y) in enumerate(stage.train_loader):
+        sync = (i + 1) % stepper.grad_accum == 0 or i + 1 == steps
+        loss, logits, target = stepper.step(x, y, sync=sync, check=tally.check(i))
+        state.steps += int(sync)
+        tally.add(i, loss, logits, target, stepper.lr())
+        if i + 1 in marks:  # a mid-epoch evaluation on small data
+            tally.flush()
+            _record(stage, state, tally, epoch=e + (i + 1) / steps, label=label, procs=procs, run=run,
+                    callbacks=callbacks, trackers=trackers, stepper=stepper)
+            if state.stop_reason:
+                return
+            stage.model.train()
+            if stage.after_train_mode is not None:
+                stage.after_train_mode(stage.model)
+            tally.reset()
+    tally.flush()
+    state.epoch = e + 1
+    _record(stage, state, tally, epoch=float(e + 1), label=label, procs=procs, run=run, callbacks=callbacks,
+            trackers=trackers, end_of_epoch=True, stepper=stepper)
 
-    payload = {
-        "model": model.state_dict(),
-        "optimizer": plan.optimizer.state_dict(),
-        "scheduler": plan.scheduler.state_dict() if plan.scheduler is not None else None,
-        "plan": plan.state_dict(),
-        "fit": state.to_dict(),
-        "rng": rng_state(),
-        "scaler": accelerator.scaler.state_dict() if getattr(accelerator, "scaler", None) is not None else None,
-    }
-    payload.update(extra or {})
-    save_checkpoint(run.checkpoint, payload)
+
+def _mid_epoch_rows(stage: Stage, steps: int) -> set[int]:
+    """After which steps (1-based) an epoch is evaluated besides its end."""
+    return {max(1, round(steps * k / stage.evals_per_epoch)) for k in range(1, stage.evals_per_epoch)} - {steps}
 
 
-def restore(checkpoint: dict[str, Any], *, model: nn.Module, plan: Any, accelerator: Accelerator, ema: WeightEMA | None = None) -> FitState:
-    """Load a checkpoint written by :func:`fit` back into ``model``, ``plan`` and the accelerator."""
-    accelerator.unwrap_model(model).load_state_dict(checkpoint["model"])
-    if ema is not None and checkpoint.get("ema") is not None:
-        ema.load_state_dict(checkpoint["ema"])
-    plan.load_state_dict(checkpoint["plan"])
-    plan.optimizer.load_state_dict(checkpoint["optimizer"])
-    if plan.scheduler is not None and checkpoint.get("scheduler") is not None:
-        plan.scheduler.load_state_dict(checkpoint["scheduler"])
-    if checkpoint.get("scaler") is not None and getattr(accelerator, "scaler", None) is not None:
-        accelerator.scaler.load_state_dict(checkpoint["scaler"])
-    return FitState(**checkpoint["fit"])
+def _record(stage, state, tally, *, epoch, label, procs, run, callbacks, trackers, end_of_epoch=False, stepper=None) -> None:
+    """Evaluate, append the row, keep the weights if they are the best so far, checkpoint, decide to stop."""
+    train_loss, train_acc, ips, lr, seconds = tally.totals(procs)
+    state.train_seconds += seconds
+    val = evaluate(stage.model, stage.val_loader, procs=procs)
+    result = EpochResult(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val.loss, val_acc=val.accuracy,
+                         lr=lr, images_per_sec=ips, epoch_seconds=seconds, stage=label)
+    if not math.isfinite(val.loss) or not _finite_weights(stage.weights):
+        what = f"the validation loss became {val.loss}" if not math.isfinite(val.loss) else "the weights became NaN or infinite"
+        raise TrainingError(
+            f"{what} at epoch {_fmt_epoch(epoch)}: lower --lr or set --clip-grad; those weights were not kept "
+            "(the best weights so far stay in the run)"
+        )
+    ema_better = False
+    if stage.ema is not None:
+        ema_val = evaluate(stage.ema.module, stage.val_loader, procs=procs)
+        previous = [(r["val_acc_ema"], r["val_loss_ema"]) for r in state.history if r.get("val_acc_ema") is not None]
+        best_ema = max(previous, key=lambda t: (t[0], -t[1]), default=None)
+        ema_better = best_ema is None or better(ema_val.accuracy, ema_val.loss, *best_ema)
+        result.extra.update(val_loss_ema=ema_val.loss, val_acc_ema=ema_val.accuracy)
+    improved = state.improves(val.accuracy, val.loss)
+    state.history.append(result.to_row())
+    if improved:
+        state.best = len(state.history) - 1
+    if val.loss < state.lowest_val_loss - 1e-6:
+        state.lowest_val_loss, state.bad_evals = val.loss, 0
+    else:
+        state.bad_evals += 1
+    state.stop_reason = _stop_reason(stage, state, val)
+    state.stopped_stage = stage.name if state.stop_reason else ""
+    if run is not None and procs.is_main:
+        if improved:
+            run.save_weights(stage.weights)
+        if ema_better:
+            run.save_weights(stage.ema.module, "model_ema.safetensors")
+        if end_of_epoch or state.stop_reason:
+            checkpoint.write(run, model=stage.weights, optimizer=stage.plan.optimizer, scheduler=stage.plan.scheduler,
+                             plan=stage.plan, state=state, stage=stage.name, extra=stage.checkpoint_extra,
+                             ema=stage.ema, scaler=stepper.scaler if stepper is not None else None)
+    if trackers is not None:
+        trackers.log({k: v for k, v in result.to_row().items() if isinstance(v, (int, float))}, step=state.steps)
+    procs.wait()
+    for cb in callbacks:
+        cb.on_epoch_end(result)
+    if state.stop_reason:
+        _tell(callbacks, state.stop_reason)
+
+
+def _stop_reason(stage: Stage, state: FitState, val: EvalResult) -> str:
+    row = state.history[-1]
+    at = _fmt_epoch(row["epoch"])
+    if stage.stop_behind is not None:
+        ref = state.history[stage.stop_behind]
+        if not better(val.accuracy, val.loss, float(ref["val_acc"]), float(ref["val_loss"])):
+            return (f"{stage.name} stopped after epoch {at}: val acc {val.accuracy:.3f}, loss {val.loss:.3g} does not beat "
+                    f"the {ref['stage']} (acc {float(ref['val_acc']):.3f}, loss {float(ref['val_loss']):.3g})")
+    if stage.patience is not None and state.bad_evals >= stage.patience * stage.evals_per_epoch and state.epoch < stage.last_epoch:
+        return f"early stop after epoch {at}: validation loss has not improved for {stage.patience} epochs"
+    return ""
+
+
+def _fmt_epoch(epoch: float) -> str:
+    return str(int(epoch)) if float(epoch).is_integer() else f"{epoch:.2f}".rstrip("0")
+
+
+def _tell(callbacks: Sequence[Callback], text: str) -> None:
+    log.info(text)
+    for cb in callbacks:
+        cb.on_message(text)

@@ -1,232 +1,267 @@
-"""lp-ft's first stage: the linear probe on the frozen trunk's (cached) features."""
+"""The probe: the new head fitted to convergence on the frozen trunk's features, once.
+
+It is lp-ft's first stage and the evidence ``auto`` decides from. The trunk runs once over the
+images (``features/``); a linear head is then solved to convergence by L-BFGS with its L2 penalty
+chosen by stratified k-fold cross-validation and refitted on every training image
+(``features/linear``). A head that is not linear on its input (hidden layers, a convolution
+followed by pooling) is fitted the same way through its own forward pass. Under several processes
+the main process fits and the head is broadcast: the probe runs once.
+
+The probe is one row of the run's record: epoch 0, stage ``probe``. With a validation split its
+figures are measured there; in the cross-validated regime (no split, little data) they are the
+k-fold estimate, and the model keeps the head refitted on every image.
+"""
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from regraft.config import Config
-from regraft.features import cache_features, feature_loaders
+from regraft.errors import TrainingError
+from regraft.features import CacheSettings, cache_features
 from regraft.features.cut import eval_modes, find_cut
-from regraft.training.loop import Callback, EpochResult, evaluate, seed_everything
+from regraft.training.loop import EpochResult
+from regraft.training.processes import Processes
+
+__all__ = ["ProbeOutcome", "fit_probe_stage", "PROBE_STAGE"]
 
 log = logging.getLogger(__name__)
 
-PROBE_LR = 1e-2  # AdamW; chosen by a sweep on real features (docs/features.md)
-PROBE_WEIGHT_DECAY = 1e-4
-PROBE_PATIENCE = 8
+PROBE_STAGE = "probe"
+_MODULE_L2 = 1e-3  # a head that is not linear: a fixed, mild penalty (its L2 is not cross-validated)
+_MODULE_ITERS = 200
 
 
 @dataclass
-class ProbeResult:
-    """What lp-ft's first stage did.
+class ProbeOutcome:
+    """What the probe did: its row, its evidence and its cost.
 
     Attributes:
-        message: one line for the user (``linear probe: 23 epochs on cached features, ...``).
-        history: ``EpochResult.to_row()`` per epoch, with ``stage="probe"``.
-        best_val_acc, best_val_loss, best_epoch: the epoch whose head was kept (lowest val loss).
-        epochs: epochs run. seconds: wall time including feature computation.
-        cached: whether the epochs ran on cached features. stopped_early: patience ran out.
+        row: the ``metrics.csv`` row (epoch 0, stage ``probe``).
+        validation: ``holdout`` (figures on the validation split) or ``cv5`` (the k-fold estimate).
+        acc, loss: the probe's validation (or cross-validated) accuracy and loss.
+        acc_std: the spread of the cross-validated accuracy over folds (None for a holdout).
+        l2: the penalty used. folds: the folds of its choice (0 when fixed).
+        seconds: the whole stage; feature_seconds: the trunk's forward passes alone.
+        images_per_second: the trunk's forward throughput (to estimate a fine-tuning epoch).
+        out_of_fold: out-of-fold class probabilities of the training images (no image judges
+            itself), for the data audit; None when the L2 was not cross-validated.
+        message: one line for the user.
     """
 
-    message: str
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_val_acc: float = math.nan
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    epochs: int = 0
+    row: EpochResult
+    validation: str
+    acc: float
+    loss: float
+    acc_std: float | None = None
+    l2: float = 0.0
+    folds: int = 0
     seconds: float = 0.0
-    cached: bool = False
-    stopped_early: bool = False
+    feature_seconds: float = 0.0
+    images_per_second: float = 0.0
+    out_of_fold: torch.Tensor | None = field(default=None, repr=False)
+    train_features: torch.Tensor | None = field(default=None, repr=False)
+    message: str = ""
 
 
-@dataclass
-class ProbeSettings:
-    epochs: int
-    lr: float
-    weight_decay: float = PROBE_WEIGHT_DECAY
-    patience: int = PROBE_PATIENCE
-    label_smoothing: float = 0.0
-    seed: int = 0
-
-
-def run_probe(
-    module: nn.Module,
-    head: nn.Module,
-    train_loader: Iterable,
-    val_loader: Iterable,
-    *,
-    settings: ProbeSettings,
-    device: torch.device,
-    callbacks: Sequence[Callback] = (),
-    train_mode: Callable[[nn.Module], None] | None = None,
-) -> ProbeResult:
-    """Train ``head`` (inside ``module``) with AdamW until the validation loss stops improving.
-
-    ``train_mode(module)`` puts the module in training mode (default ``module.train()``); the
-    uncached fallback uses it to keep the frozen trunk in eval mode. The head ends with the
-    weights of its best epoch. The returned message is filled in by the caller.
-    """
-    params = [p for p in head.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
-    steps = len(train_loader)  # type: ignore[arg-type]
-    for cb in callbacks:
-        cb.on_fit_start(epochs=settings.epochs, start_epoch=0, steps_per_epoch=steps, stage="probe")
-    result = ProbeResult(message="")
-    best_state, bad = copy.deepcopy(head.state_dict()), 0
-    for epoch in range(settings.epochs):
-        row = _probe_epoch(module, optimizer, criterion, train_loader, epoch=epoch, device=device, settings=settings,
-                           callbacks=callbacks, train_mode=train_mode)
-        val = evaluate(module, val_loader)
-        row.val_loss, row.val_acc = val.loss, val.accuracy
-        result.history.append(row.to_row())
-        result.epochs = epoch + 1
-        if val.loss < result.best_val_loss - 1e-6:
-            result.best_val_loss, result.best_val_acc, result.best_epoch = val.loss, val.accuracy, epoch + 1
-            best_state, bad = copy.deepcopy(head.state_dict()), 0
-        else:
-            bad += 1
-        for cb in callbacks:
-            cb.on_epoch_end(row)
-        if bad >= settings.patience and epoch + 1 < settings.epochs:
-            result.stopped_early = True
-            break
-    head.load_state_dict(best_state)
-    return result
-
-
-def _probe_epoch(module, optimizer, criterion, loader, *, epoch, device, settings, callbacks, train_mode) -> EpochResult:
-    seed_everything(settings.seed * 1_000_003 + epoch * 1009 + 17)
-    sampler = getattr(loader, "batch_sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    (train_mode or nn.Module.train)(module)
-    for cb in callbacks:
-        cb.on_epoch_start(epoch + 1)
-    loss_sum = correct = seen = 0.0
-    t0 = time.perf_counter()
-    steps = len(loader)
-    for step, (x, y) in enumerate(loader):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = module(x).float()
-        loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        n = y.shape[0]
-        loss_sum += float(loss.detach()) * n
-        correct += int((logits.detach().argmax(1) == y).sum())
-        seen += n
-        for cb in callbacks:
-            cb.on_step(epoch + 1, step + 1, steps, float(loss.detach()))
-    seconds = time.perf_counter() - t0
-    return EpochResult(
-        epoch=epoch + 1, train_loss=loss_sum / max(seen, 1), train_acc=correct / max(seen, 1),
-        val_loss=math.nan, val_acc=math.nan, lr=settings.lr, images_per_sec=seen / max(seconds, 1e-9),
-        epoch_seconds=seconds, stage="probe",
-    )
-
-
-def linear_probe(
-    model: nn.Module,
-    *,
-    head: str,
-    train_dataset: Any,
-    val_dataset: Any,
-    cfg: Config,
-    accelerator: Any,
-    callbacks: Sequence[Callback] = (),
-) -> ProbeResult:
-    """lp-ft stage one: train only the head, to convergence, on the frozen trunk's features.
-
-    Everything but ``head`` is frozen for the probe; features are cached when the model can be
-    cut (else each epoch runs the frozen trunk in eval mode): the training images un-augmented,
-    plus ``cfg.feature_views - 1`` augmented views when augmentation is on, each sample drawing
-    one view per epoch. Up to ``cfg.lp_epochs`` AdamW epochs (``cfg.lp_lr``, default 1e-2) with
-    early stopping on the validation loss; the head keeps its best epoch. ``requires_grad`` flags and module modes
-    are given back as they were: the fine-tune plan sets them. Under several processes every
-    process runs the same probe, and the head is broadcast from the main process at the end.
+def fit_probe_stage(
+    model: nn.Module, *, head: str, train_dataset: Any, val_dataset: Any | None, num_classes: int, regime: str,
+    settings: CacheSettings, procs: Processes, autocast: Callable[[], Any] | None, l2: float | None = None,
+    folds: int = 5,
+) -> ProbeOutcome:
+    """Fit ``model``'s head at ``head`` on the frozen trunk's features (in place), and measure it.
 
     Args:
-        model: the unwrapped model with its new head.
-        head: the head's dotted path (an ``nn.Sequential`` head trains whole).
-        train_dataset, val_dataset: the run's image datasets.
-        cfg: ``lp_epochs``, ``lp_lr``, ``batch_size``, ``seed``, ``label_smoothing``, cache settings.
-        accelerator: the run's ``Accelerator`` (device, autocast for the features).
-        callbacks: told about each probe epoch (``stage="probe"``) and the cache; the final
-            ``message`` is left to the caller to announce.
+        model: the unwrapped model with its new head; its parameters' ``requires_grad`` flags
+            and module modes are given back as they were.
+        train_dataset, val_dataset: the run's image datasets (``val_dataset`` empty or None in
+            the cross-validated regime).
+        regime: ``holdout`` or ``cvK`` (from :func:`regraft.strategies.validation_regime`).
+        settings: the feature cache's settings; ``autocast``: the training steps' context (the
+            training features are computed in it; validation features always in fp32).
+        l2: a fixed penalty instead of the cross-validated choice.
 
-    Returns:
-        A :class:`ProbeResult`.
+    Raises:
+        TrainingError: the features or the fit are not finite, or the head cannot be cut off.
     """
     t0 = time.perf_counter()
-    head_module = model.get_submodule(head)
-    in_head = {id(p) for p in head_module.parameters()}
+    outcome: ProbeOutcome | None = None
+    if procs.is_main:
+        outcome = _fit_on_main(model, head=head, train_dataset=train_dataset, val_dataset=val_dataset,
+                               num_classes=num_classes, regime=regime, settings=settings, device=procs.device,
+                               autocast=autocast, l2=l2, folds=folds)
+    procs.broadcast_(list(model.get_submodule(head).parameters()) + list(model.get_submodule(head).buffers()))
+    if procs.distributed:  # every process records the same row and decides the same way
+        shared = procs.gather_objects(_shareable(outcome))[0]
+        outcome = outcome if procs.is_main else shared
+    assert outcome is not None  # the main process always fits
+    outcome.seconds = time.perf_counter() - t0
+    outcome.row.epoch_seconds = outcome.seconds
+    outcome.message = _message(outcome)
+    return outcome
+
+
+def _fit_on_main(model, *, head, train_dataset, val_dataset, num_classes, regime, settings, device, autocast, l2, folds):
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    settings = ProbeSettings(epochs=cfg.lp_epochs, lr=cfg.lp_lr or PROBE_LR, label_smoothing=cfg.label_smoothing, seed=cfg.seed)
     try:
         for p, _ in flags:
-            p.requires_grad_(id(p) in in_head)
+            p.requires_grad_(False)
         with eval_modes(model):
-            result, caches = _probe(model, head, head_module, train_dataset, val_dataset, cfg=cfg,
-                                    accelerator=accelerator, settings=settings, callbacks=callbacks)
+            in_head = {n for n, _ in model.named_parameters() if n == head or n.startswith(head + ".")}
+            cut = find_cut(model, trainable=in_head, head=head)
+            if cut is None:
+                raise TrainingError(f"the probe cannot run the network up to its head '{head}'; use --strategy full")
+            t0 = time.perf_counter()
+            caches = cache_features(cut, model, train_dataset, val_dataset, settings=settings, device=device,
+                                    autocast=autocast, views=1)
+            if caches is None:
+                raise TrainingError("the probe's split of the network does not reproduce its output; use --strategy full")
+            feature_seconds = time.perf_counter() - t0
+            train_cache, val_cache = caches
+            try:
+                x, y = _tensors(train_cache)
+                vx, vy = _tensors(val_cache) if val_cache is not None else (None, None)
+                fitted = _fit(cut.rest, model.get_submodule(head), x, y, vx, vy, num_classes=num_classes,
+                              regime=regime, l2=l2, folds=folds)
+            finally:
+                for cache in (train_cache, val_cache):
+                    if cache is not None:
+                        cache.close()
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-    for cache in caches:
-        cache.close()
-    _broadcast(head_module, accelerator)
-    result.seconds = time.perf_counter() - t0
-    where = "on cached features" if result.cached else "through the frozen network"
-    end = " (early stop)" if result.stopped_early else ""
-    result.message = (
-        f"linear probe: {result.epochs} epochs {where}, val acc {result.best_val_acc:.3f} "
-        f"(best epoch {result.best_epoch}){end} in {result.seconds:.1f}s"
-    )
-    return result
+    n_images = len(train_dataset) + (len(val_dataset) if val_dataset is not None else 0)
+    fitted.feature_seconds = feature_seconds
+    fitted.images_per_second = n_images / max(feature_seconds, 1e-9)
+    fitted.row.images_per_sec = len(train_dataset) / max(feature_seconds, 1e-9)
+    return fitted
 
 
-def _probe(model, head, head_module, train_dataset, val_dataset, *, cfg, accelerator, settings, callbacks):
-    cut = find_cut(model, head=head) if cfg.feature_cache else None
-    caches = cache_features(cut, model, train_dataset, val_dataset, cfg=cfg, accelerator=accelerator) if cut else None
-    device = accelerator.device
-    if cut is not None and caches is not None:
-        train_loader, val_loader = feature_loaders(*caches, batch_size=cfg.batch_size, seed=cfg.seed)
-        text = f"linear probe on cached features: {cut.describe()}; {caches[0].describe()}"
-        for cb in callbacks:
-            cb.on_message(text)
-        log.info(text)
-        result = run_probe(cut.rest, head_module, train_loader, val_loader, settings=settings, device=device, callbacks=callbacks)
-        result.cached = True
-        return result, caches
-    from regraft.data import make_loader
-
-    train_loader = make_loader(train_dataset, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers)
-    val_loader = make_loader(val_dataset, batch_size=cfg.batch_size, shuffle=False, seed=cfg.seed, workers=cfg.workers)
-
-    def head_only(module: nn.Module) -> None:
-        module.eval()
-        head_module.train()
-
-    result = run_probe(model, head_module, train_loader, val_loader, settings=settings, device=device,
-                       callbacks=callbacks, train_mode=head_only)
-    return result, ()
+def _tensors(cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    x = cache.features[0].float()
+    if not bool(torch.isfinite(x).all()):
+        raise TrainingError("the frozen trunk's features contain NaN or infinity; check the weights (--weights) and the images")
+    return x, cache.labels.long()
 
 
-def _broadcast(module: nn.Module, accelerator: Any) -> None:
-    if getattr(accelerator, "num_processes", 1) <= 1:
-        return
-    from accelerate.utils import broadcast
+def _fit(rest: nn.Module, head: nn.Module, x, y, vx, vy, *, num_classes: int, regime: str, l2: float | None,
+         folds: int) -> ProbeOutcome:
+    """The head fitted on ``(x, y)``, measured on ``(vx, vy)`` or by cross-validation."""
+    cv = regime.startswith("cv")
+    linear = _linear_on_input(rest, head, x[: min(len(x), 8)])
+    if linear:
+        from regraft.features.linear import fit_probe
 
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            tensor.copy_(broadcast(tensor.detach().clone(), from_process=0))
+        probe = fit_probe(x, y, num_classes=num_classes, folds=folds, l2=l2)
+        probe.fit.load_into(head)
+        chosen_l2, n_folds = probe.l2, (probe.folds if l2 is None else 0)
+        oof = probe.out_of_fold
+        cv_acc, cv_acc_std, cv_loss = probe.cv_accuracy, probe.cv_accuracy_std, probe.cv_loss
+    else:
+        chosen_l2, n_folds, oof = (l2 if l2 is not None else _MODULE_L2), 0, None
+        cv_acc = cv_acc_std = cv_loss = None
+        if cv:
+            cv_acc, cv_acc_std, cv_loss, n_folds = _module_cv(rest, head, x, y, l2=chosen_l2, folds=folds)
+        _fit_module(rest, head, x, y, l2=chosen_l2)
+    train_loss, train_acc = _measure(rest, x, y)
+    if cv:
+        if cv_acc is None:
+            raise TrainingError("the cross-validated regime needs the probe's cross-validation; pass no --set probe_l2")
+        val_loss, val_acc = cv_loss, cv_acc
+    else:
+        val_loss, val_acc = _measure(rest, vx, vy)
+    row = EpochResult(epoch=0.0, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc, lr=None,
+                      images_per_sec=0.0, epoch_seconds=0.0, stage=PROBE_STAGE)
+    if cv and cv_acc_std is not None:
+        row.extra["val_acc_std"] = cv_acc_std
+    return ProbeOutcome(row=row, validation=regime, acc=val_acc, loss=val_loss, acc_std=cv_acc_std if cv else None,
+                        l2=chosen_l2, folds=n_folds, out_of_fold=oof, train_features=x)
+
+
+@torch.no_grad()
+def _linear_on_input(rest: nn.Module, head: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the logits are ``head(x.flatten(1))`` for a plain ``nn.Linear`` head (the convex case)."""
+    if not isinstance(head, nn.Linear) or x.ndim < 2:
+        return False
+    flat = x.flatten(1)
+    if flat.shape[1] != head.in_features:
+        return False
+    return torch.allclose(rest(x).float(), head(flat).float(), rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def _measure(rest: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """``(mean cross-entropy, accuracy)`` of ``rest`` on features ``x`` (fp32, eval mode)."""
+    if x is None or len(x) == 0:
+        return math.nan, math.nan
+    logits = torch.cat([rest(x[i : i + 1024]).float() for i in range(0, len(x), 1024)])
+    loss = float(nn.functional.cross_entropy(logits, y))
+    return loss, float((logits.argmax(1) == y).float().mean())
+
+
+def _fit_module(rest: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, *, l2: float) -> None:
+    """Full-batch L-BFGS on ``head``'s parameters through ``rest`` (the non-convex case), in place."""
+    params = [p for p in head.parameters() if p.is_floating_point()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=_MODULE_ITERS, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-6, tolerance_change=1e-9)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(rest(x).float(), y)
+        loss = loss + 0.5 * l2 * sum((p * p).sum() for p in params if p.ndim > 1)
+        loss.backward()
+        return loss
+
+    try:
+        with torch.enable_grad():
+            final = float(opt.step(closure))
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    if not math.isfinite(final) or not all(bool(torch.isfinite(p).all()) for p in params):
+        raise TrainingError("the probe's fit diverged (the loss or the head became NaN); check the images and --weights")
+
+
+def _module_cv(rest: nn.Module, head: nn.Module, x, y, *, l2: float, folds: int) -> tuple[float, float, float, int]:
+    """k-fold accuracy (mean, std) and loss of :func:`_fit_module`; the head is left as it was."""
+    from regraft.features.linear import stratified_folds
+
+    start = {k: v.clone() for k, v in head.state_dict().items()}
+    accs, losses = [], []
+    splits = stratified_folds(y, folds=folds)
+    for held in splits:
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[held] = False
+        head.load_state_dict(start)
+        _fit_module(rest, head, x[keep], y[keep], l2=l2)
+        loss, acc = _measure(rest, x[held], y[held])
+        accs.append(acc)
+        losses.append(loss)
+    head.load_state_dict(start)
+    t = torch.tensor(accs, dtype=torch.float64)
+    return float(t.mean()), float(t.std(unbiased=False)), float(sum(losses) / len(losses)), len(splits)
+
+
+def _shareable(outcome: ProbeOutcome | None) -> ProbeOutcome | None:
+    """A copy of the outcome without its large tensors, to send to the other processes."""
+    if outcome is None:
+        return None
+    return replace(outcome, out_of_fold=None, train_features=None)
+
+
+def _message(o: ProbeOutcome) -> str:
+    how = f"L2 {o.l2:.3g} chosen by {o.folds}-fold cross-validation" if o.folds else f"L2 {o.l2:.3g}"
+    if o.validation.startswith("cv"):
+        figure = f"cross-validated acc {o.acc:.3f}" + (f" ± {o.acc_std:.3f}" if o.acc_std is not None else "")
+    else:
+        figure = f"val acc {o.acc:.3f}, loss {o.loss:.3g}"
+    return f"probe: {figure} ({how}; features {o.feature_seconds:.1f}s, total {o.seconds:.1f}s)"

@@ -1,21 +1,9 @@
-"""Named fine-tuning strategies: what trains, at which learning rates, on which schedule.
-
-================  ==========================================  ====================================
-strategy          trains                                      learning rates
-================  ==========================================  ====================================
-``scratch``       everything                                  one LR for all
-``head``          the head only                               one LR
-``partial``       the last ``partial_stages`` stages + head   trunk ``lr``, head ``lr × head_lr_mult``
-                  (VGG: fc1 and fc2 count as one stage)
-``full``          everything                                  trunk ``lr``, head ``lr × head_lr_mult``
-``lp-ft``         everything, after a head-only probe         as full, discriminative (0.1) by default
-``gradual``       head, then one more stage from the top at   as full; each unfrozen stage warms
-                  evenly spaced epochs, last step everything  up over one epoch
-================  ==========================================  ====================================
+"""A strategy's plan for one model: what trains, at which learning rates, on which schedule.
 
 ``train``, ``freeze``, ``freeze_to`` and ``unfreeze`` in the config replace the strategy's choice
-of what trains; the strategy still sets the learning rates. ``auto`` is resolved by the caller
-(:func:`regraft.training.run.resolve_strategy`).
+of what trains; the strategy still sets the learning rates (the table is in
+:mod:`regraft.strategies`). Staged unfreezing is a typed :class:`Unfreezing` beside the
+optimizer: which group wakes in which epoch, and how long its LR ramps.
 
 Example:
     >>> import torchvision
@@ -48,28 +36,30 @@ from regraft.freezing import (
 from regraft.freezing.stages import under
 from regraft.optim import (
     GroupScheduler,
+    GroupWake,
     UnfreezeSchedule,
     build_optimizer,
     build_scheduler,
     param_groups,
     split_by_epoch,
 )
+from regraft.strategies.names import Strategy
 
-__all__ = ["plan", "TrainPlan", "STRATEGIES", "DEFAULT_LR", "SGD_LR_FACTOR", "default_lr", "default_weight_decay", "format_audit"]
+__all__ = ["plan", "TrainPlan", "Unfreezing", "DEFAULT_LR", "SGD_LR_FACTOR", "default_lr", "default_weight_decay", "format_audit"]
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("scratch", "head", "partial", "full", "lp-ft", "gradual")
 # AdamW learning rates when cfg.lr is None: the trunk's LR (the head gets head_lr_mult × it),
-# or the only LR for scratch and head. SGD uses SGD_LR_FACTOR times these.
-DEFAULT_LR = {"scratch": 1e-3, "head": 1e-3, "partial": 1e-4, "full": 1e-4, "lp-ft": 1e-5, "gradual": 1e-4}
+# or the only LR for scratch and head. SGD uses SGD_LR_FACTOR times these. (probe: lr-find's
+# stand-in is head; the probe itself is a closed-form fit.)
+DEFAULT_LR = {"scratch": 1e-3, "probe": 1e-3, "head": 1e-3, "partial": 1e-4, "full": 1e-4, "lp-ft": 1e-5, "gradual": 1e-4}
 SGD_LR_FACTOR = 10.0
 LP_FT_DISCRIMINATIVE = 0.1
 
 
-def default_lr(strategy: str, optimizer: str) -> float:
+def default_lr(strategy: str | Strategy, optimizer: str) -> float:
     """The learning rate a strategy uses when none is given (see :data:`DEFAULT_LR`)."""
-    return DEFAULT_LR[strategy] * (SGD_LR_FACTOR if optimizer == "sgd" else 1.0)
+    return DEFAULT_LR[Strategy.parse(strategy).value] * (SGD_LR_FACTOR if optimizer == "sgd" else 1.0)
 
 
 def default_weight_decay(optimizer: str) -> float:
@@ -78,47 +68,78 @@ def default_weight_decay(optimizer: str) -> float:
 
 
 @dataclass
+class Unfreezing:
+    """When each optimizer group starts training (one :class:`~regraft.optim.GroupWake` per group)
+    and the unfreeze steps that produced it; which groups are awake is the scheduler's."""
+
+    wakes: list[GroupWake]
+    schedule: UnfreezeSchedule | None = None
+
+    def due(self, epoch: int) -> list[int]:
+        """Groups whose wake epoch has come by ``epoch`` (counted from 0)."""
+        return [i for i, w in enumerate(self.wakes) if w.epoch <= epoch]
+
+    @property
+    def staged(self) -> bool:
+        """Whether anything starts training after the first epoch."""
+        return any(w.epoch > 0 for w in self.wakes)
+
+
+@dataclass
 class TrainPlan:
     """Freezing, optimizer and schedule for one run, plus staged unfreezing as epochs begin."""
 
-    strategy: str
+    strategy: Strategy
     head: str | None
     freeze_plan: FreezePlan
     optimizer: torch.optim.Optimizer
     scheduler: GroupScheduler
     lr: float
     steps_per_epoch: int
-    linear_probe_first: bool = False
-    unfreeze: UnfreezeSchedule | None = None
+    unfreezing: Unfreezing
     epoch: int = -1  # the last epoch begun
     model: nn.Module | None = field(default=None, repr=False)
     layout: list[tuple[str, list[str]]] = field(default_factory=list, repr=False)  # stages + head
 
+    @property
+    def unfreeze(self) -> UnfreezeSchedule | None:
+        """The unfreeze steps (from the config's ``unfreeze`` or strategy ``gradual``), if any."""
+        return self.unfreezing.schedule
+
     def _groups(self) -> list[dict[str, Any]]:
-        # the scheduler holds the bare optimizer; `optimizer` may have been wrapped by Accelerate
+        # the scheduler holds the bare optimizer; `optimizer` may have been wrapped
         return self.scheduler.optimizer.param_groups
 
     def begin_epoch(self, epoch: int) -> list[str]:
         """Apply the unfreeze schedule for ``epoch`` (counted from 0); returns what changed, in words."""
-        woken: list[int] = []
-        for i, group in enumerate(self._groups()):
-            if group.get("unfreeze_epoch", 0) > epoch:
-                continue
-            for p in group["params"]:
+        groups = self._groups()
+        woken = [i for i in self.unfreezing.due(epoch) if not self.scheduler.is_awake(i)]
+        for i in self.unfreezing.due(epoch):
+            for p in groups[i]["params"]:
                 p.requires_grad_(True)
-            if not self.scheduler.is_awake(i):
-                woken.append(i)
         self.epoch = epoch
         if not woken:
             return []
         self.scheduler.wake(woken)
         if self.model is not None:
             apply_bn_policy(self.model)
-        groups = self._groups()
         stages_woken = list(dict.fromkeys(groups[i]["stage"] for i in woken))
         n = sum(p.numel() for i in woken for p in groups[i]["params"])
         steps = max(self.scheduler.wake_warmup[i] for i in woken)
         return [f"epoch {epoch + 1}: unfreezing {', '.join(stages_woken)} ({n:,} parameters); their LR warms up over {steps} steps"]
+
+    def stage_label(self, epoch: int) -> str | None:
+        """The ``stage`` of epoch ``epoch``'s rows under staged unfreezing (``head``, ``+layer4``,
+        ``all`` ...), or None when nothing unfreezes during the run."""
+        if not self.unfreezing.staged:
+            return None
+        steps = self.unfreezing.schedule.steps if self.unfreezing.schedule is not None else ()
+        current = [s for s in steps if s.epoch <= epoch]
+        if not current:
+            return None
+        last = current[-1]
+        text = "+".join(last.train)
+        return text if last is current[0] else f"+{text}"
 
     def audit(self) -> list[dict[str, Any]]:
         """One row per optimizer group, and one per stage part outside the optimizer (frozen).
@@ -129,21 +150,26 @@ class TrainPlan:
         """
         rows: list[dict[str, Any]] = []
         in_opt: set[int] = set()
-        by_stage: dict[str, list[dict[str, Any]]] = {}
-        for group in self._groups():
+        by_stage: dict[str, list[tuple[dict[str, Any], GroupWake]]] = {}
+        for group, wake in zip(self._groups(), self._wakes(), strict=True):
             in_opt |= {id(p) for p in group["params"]}
-            by_stage.setdefault(group.get("stage", group.get("name", "?")), []).append(group)
+            by_stage.setdefault(group.get("stage", group.get("name", "?")), []).append((group, wake))
         params = dict(self.model.named_parameters()) if self.model is not None else {}
         for stage, entries in self.layout:
-            for group in by_stage.pop(stage, []):
-                rows.append(_group_row(group))
+            for group, wake in by_stage.pop(stage, []):
+                rows.append(_group_row(group, wake))
             rest = [p for n, p in params.items() if any(under(n, e) for e in entries) and id(p) not in in_opt]
             if rest:
                 name = stage if all(r["stage"] != stage for r in rows) else f"{stage}/frozen"
                 rows.append({"group": name, "stage": stage, "trainable_params": 0, "frozen_params": sum(p.numel() for p in rest),
                              "lr": None, "lr_now": None, "weight_decay": 0.0, "unfreeze_epoch": None})
-        rows += [_group_row(g) for groups in by_stage.values() for g in groups]
+        rows += [_group_row(g, w) for groups in by_stage.values() for g, w in groups]
         return rows
+
+    def _wakes(self) -> list[GroupWake]:
+        # groups added to the optimizer after planning (add_param_group) train from when they came
+        wakes = list(self.unfreezing.wakes)
+        return wakes + [GroupWake(0)] * (len(self._groups()) - len(wakes))
 
     def describe(self) -> str:
         """The audit as a text table (what the CLI prints when training starts)."""
@@ -152,7 +178,7 @@ class TrainPlan:
     def state_dict(self) -> dict[str, Any]:
         """Plain values for exact resume (the optimizer and scheduler save their own)."""
         awake = [g.get("name", str(i)) for i, g in enumerate(self._groups()) if self.scheduler.is_awake(i)]
-        return {"strategy": self.strategy, "epoch": self.epoch, "awake": awake}
+        return {"strategy": self.strategy.value, "epoch": self.epoch, "awake": awake}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore which groups train (``requires_grad``) as they did when ``state`` was saved."""
@@ -164,7 +190,7 @@ class TrainPlan:
         self.epoch = int(state.get("epoch", -1))
 
 
-def _group_row(group: dict[str, Any]) -> dict[str, Any]:
+def _group_row(group: dict[str, Any], wake: GroupWake) -> dict[str, Any]:
     ps = group["params"]
     return {
         "group": group.get("name", "?"),
@@ -174,7 +200,7 @@ def _group_row(group: dict[str, Any]) -> dict[str, Any]:
         "lr": group.get("base_lr", group.get("initial_lr", group["lr"])),
         "lr_now": group["lr"],
         "weight_decay": group.get("weight_decay", 0.0),
-        "unfreeze_epoch": group.get("unfreeze_epoch", 0),
+        "unfreeze_epoch": wake.epoch,
     }
 
 
@@ -206,15 +232,15 @@ def _partial_units(names: list[str]) -> list[list[str]]:
     return units
 
 
-def _initial_spec(strategy: str, cfg: Config, names: list[str], schedule: UnfreezeSchedule | None) -> dict[str, Any]:
+def _initial_spec(strategy: Strategy, cfg: Config, names: list[str], schedule: UnfreezeSchedule | None) -> dict[str, Any]:
     if cfg.train is not None or cfg.freeze is not None or cfg.freeze_to is not None:
         return {"train": cfg.train, "freeze": cfg.freeze, "freeze_to": cfg.freeze_to}
     if cfg.unfreeze and schedule is not None:
         first = [t for s in schedule.steps if s.epoch == 0 for t in s.train]
         return {"train": first or ["head"]}
-    if strategy in ("scratch", "full", "lp-ft"):
+    if strategy in (Strategy.SCRATCH, Strategy.FULL, Strategy.LP_FT):
         return {"train": ["all"]}
-    if strategy in ("head", "gradual"):
+    if strategy in (Strategy.HEAD, Strategy.GRADUAL, Strategy.PROBE):
         return {"train": ["head"]}
     units = _partial_units(names)
     if cfg.partial_stages > len(units):
@@ -223,11 +249,11 @@ def _initial_spec(strategy: str, cfg: Config, names: list[str], schedule: Unfree
     return {"train": [*chosen, "head"]}
 
 
-def _lr_shape(strategy: str, cfg: Config) -> dict[str, Any]:
-    if strategy in ("scratch", "head"):
+def _lr_shape(strategy: Strategy, cfg: Config) -> dict[str, Any]:
+    if strategy in (Strategy.SCRATCH, Strategy.HEAD, Strategy.PROBE):
         return {"head_lr_mult": 1.0, "discriminative_lr": cfg.discriminative_lr, "layer_decay": cfg.layer_decay}
     disc = cfg.discriminative_lr
-    if strategy == "lp-ft" and disc is None and cfg.layer_decay is None:
+    if strategy is Strategy.LP_FT and disc is None and cfg.layer_decay is None:
         disc = LP_FT_DISCRIMINATIVE
     return {"head_lr_mult": cfg.head_lr_mult, "discriminative_lr": disc, "layer_decay": cfg.layer_decay}
 
@@ -251,10 +277,10 @@ def _gradual_units(model: nn.Module, layout: list[tuple[str, list[str]]]) -> lis
     return units
 
 
-def _schedule(strategy: str, cfg: Config, model: nn.Module, layout: list[tuple[str, list[str]]]) -> UnfreezeSchedule | None:
+def _schedule(strategy: Strategy, cfg: Config, model: nn.Module, layout: list[tuple[str, list[str]]]) -> UnfreezeSchedule | None:
     if cfg.unfreeze:
         schedule = UnfreezeSchedule.parse(cfg.unfreeze)
-    elif strategy == "gradual":
+    elif strategy is Strategy.GRADUAL:
         schedule = UnfreezeSchedule.gradual(_gradual_units(model, layout), epochs=cfg.epochs)
     else:
         return None
@@ -264,27 +290,32 @@ def _schedule(strategy: str, cfg: Config, model: nn.Module, layout: list[tuple[s
     return schedule
 
 
-def plan(model: nn.Module, *, strategy: str, cfg: Config, steps_per_epoch: int, head: str | None = None) -> TrainPlan:
+def plan(
+    model: nn.Module, *, strategy: str | Strategy, cfg: Config, steps_per_epoch: int, head: str | None = None,
+    epochs: int | None = None,
+) -> TrainPlan:
     """Freeze ``model`` (in place) and build its optimizer, schedule and unfreeze steps.
 
     Args:
         model: the model with its new head.
-        strategy: one of :data:`STRATEGIES` (resolve ``auto`` first).
+        strategy: any strategy but ``auto`` (:func:`regraft.strategies.decide` resolves it).
         cfg: the run's settings (lr, optimizer, schedule, freezing fields...).
         steps_per_epoch: optimizer steps per epoch (batches / grad_accum).
         head: the head's dotted path (found with ``surgery.find_head`` when None).
+        epochs: the schedule's length (default ``cfg.epochs``).
 
     Returns:
         A :class:`TrainPlan`; call ``begin_epoch(e)`` before each epoch and
         ``scheduler.step()`` after each optimizer step.
 
     Raises:
-        ConfigError: an unknown strategy or bad LR settings.
+        ConfigError: ``auto``, an unknown strategy or bad LR settings.
         FreezeError: a freeze or unfreeze spec matches nothing, or nothing would train.
     """
-    if strategy not in STRATEGIES:
-        hint = " (resolve 'auto' first with regraft.training.run.resolve_strategy)" if strategy == "auto" else ""
-        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}; got '{strategy}'{hint}")
+    strategy = Strategy.parse(strategy)
+    if strategy is Strategy.AUTO:
+        raise ConfigError("plan() needs a concrete strategy; resolve 'auto' first with regraft.strategies.decide")
+    epochs = cfg.epochs if epochs is None else epochs
     head = resolve_head(model, head)
     layout = stages(model, head=head)
     names = [n for n, _ in layout]
@@ -298,18 +329,18 @@ def plan(model: nn.Module, *, strategy: str, cfg: Config, steps_per_epoch: int, 
     lr = cfg.lr if cfg.lr is not None else default_lr(strategy, cfg.optimizer)
     wd = cfg.weight_decay if cfg.weight_decay is not None else default_weight_decay(cfg.optimizer)
     groups = param_groups(model, lr=lr, head=head, weight_decay=wd, names=wake, **_lr_shape(strategy, cfg))
-    groups = split_by_epoch(groups, wake, steps_per_epoch=steps_per_epoch, schedule=schedule)
+    groups, wakes = split_by_epoch(groups, wake, steps_per_epoch=steps_per_epoch, schedule=schedule)
     optimizer = build_optimizer(groups, name=cfg.optimizer, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
     scheduler = build_scheduler(
-        optimizer, name=cfg.schedule, total_steps=cfg.epochs * steps_per_epoch,
+        optimizer, name=cfg.schedule, total_steps=max(1, epochs) * steps_per_epoch,
         warmup_steps=round(cfg.warmup_epochs * steps_per_epoch), step_size_steps=cfg.step_size * steps_per_epoch,
-        gamma=cfg.gamma, unfreeze_warmup_steps=steps_per_epoch,
+        gamma=cfg.gamma, unfreeze_warmup_steps=steps_per_epoch, wakes=wakes,
     )
     result = TrainPlan(
         strategy=strategy, head=head, freeze_plan=fplan, optimizer=optimizer, scheduler=scheduler, lr=lr,
-        steps_per_epoch=steps_per_epoch, linear_probe_first=strategy == "lp-ft", unfreeze=schedule,
+        steps_per_epoch=steps_per_epoch, unfreezing=Unfreezing(wakes, schedule),
         model=model, layout=[*layout, *([("head", [head])] if head else [])],
     )
-    log.info("strategy %s: lr %.3g, %s, schedule %s%s", strategy, lr, fplan.summary(), cfg.schedule,
+    log.info("strategy %s: lr %.3g, %s, schedule %s%s", strategy.value, lr, fplan.summary(), cfg.schedule,
              f", unfreeze {schedule.to_list()}" if schedule else "")
     return result

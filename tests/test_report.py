@@ -283,7 +283,9 @@ def test_report_has_every_section(fake_run, page):
     assert "70.0%" in page and "99.5%" in page  # best accuracy, trunk coverage
     assert "of 11,178,051 (0.014%)" in page  # a small trainable share stays visible
     assert "11,176,512" in page and "<td>total</td>" in page  # freeze audit with its total
-    assert page.count('<tr class="best">') == 1  # the best epoch highlighted in the metrics table
+    # the kept row (found from summary.json's best_epoch: this fake run has no kept column) highlighted
+    assert page.count('<tr class="kept">') == 1 and re.search(r'<tr class="kept"><td>6</td><td>[^<]*</td><td>[^<]*</td>', page)
+    assert "the row whose weights are model.safetensors (epoch 6, finetune)" in page
     assert "module.fc.w → fc.weight" in page and "conv1.weight → mean over channels" in page
     assert "(11,120,629 of 11,176,512 trunk parameters)" in page
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from regraft.report._figure import ReportError
 from regraft.report._run import confusion_matrix, draw_run, to_image
+from regraft.report.confusion import plot_confusion
 from regraft.report.grids import plot_samples, plot_top_losses
 from regraft.report.html import render_html_report, write_html_report
-from regraft.report.plots import plot_comparison, plot_confusion, plot_curves, plot_lr_find
+from regraft.report.plots import plot_comparison, plot_curves, plot_lr_find
 from regraft.report.tables import comparison_markdown, verdict
 
 __all__ = [

@@ -132,7 +132,8 @@ def to_image(x: Any, *, mean: Sequence[float] | None = None, std: Sequence[float
 
 def _curves(folder: Path, path: Path) -> Path | None:
     rows = RunDir(folder).read_metrics()
-    return plot_curves(rows, path, title=_title(folder)) if rows else None
+    summary = _summary(folder)
+    return plot_curves(rows, path, title=_title(summary), summary=summary) if rows else None
 
 
 def _confusion(logits: Any, targets: Any, classes: Sequence[str], path: Path) -> Path | None:
@@ -236,13 +237,17 @@ def _numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _title(folder: Path) -> str | None:
+def _summary(folder: Path) -> dict[str, Any] | None:
     import json
 
     try:
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(summary, dict):
+    return summary if isinstance(summary, dict) else None
+
+
+def _title(summary: dict[str, Any] | None) -> str | None:
+    if not summary:
         return None
     return " · ".join(str(summary[k]) for k in ("model", "strategy") if summary.get(k)) or None

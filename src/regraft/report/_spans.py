@@ -92,6 +92,10 @@ def series(ax: Any, tl: Timeline, key: str, *, scale: float = 1.0, label: str, *
     marker = "o" if len(y) <= MARKER_MAX_POINTS else None
     style.setdefault("linewidth", 1.6)
     ax.plot([tl.x[i] for i in idx], y, label=label, marker=marker, markersize=3, **style)
+    if marker is None:  # a long run: still show a one-row stage (lp-ft's probe) as a point of its own
+        lone = [k for k, i in enumerate(idx) if any(s.first == s.last == i for s in tl.spans)]
+        if lone:
+            ax.plot([tl.x[idx[k]] for k in lone], y[lone], linestyle="none", marker="o", markersize=3.5, color=style.get("color"))
     return True
 
 

@@ -341,3 +341,15 @@ def test_report_of_an_older_lpft_run(tmp_path):
     kept = re.findall(r'<tr class="kept">(.*?)</tr>', page)
     assert len(kept) == 1 and kept[0].startswith('<td>3</td><td class="text">probe</td>')  # not the probe's 100% epoch 4
     assert "numbered each stage&#x27;s epochs from 1" in page
+
+
+def test_comparison_names_stages_too_narrow_for_their_lane():
+    """The current training side's lp-ft: 50 probe epochs, then 3 fine-tune ones numbered 1..3 again."""
+    probe = [{"epoch": e, "stage": "probe", "val_acc": 0.9, "val_loss": 0.3} for e in range(1, 51)]
+    tune = [{"epoch": e, "stage": "fine-tune", "val_acc": 0.95, "val_loss": 0.2} for e in (1, 2, 3)]
+    plain = [{"epoch": e, "stage": "train", "val_acc": 0.8, "val_loss": 0.5} for e in (1, 2, 3)]
+    summaries = {"lp-ft": {"best_epoch": 3, "best_val_acc": 0.95, "best_val_loss": 0.2}}
+    drawn = plots._comparison_runs({"full": plain, "lp-ft": probe + tune}, summaries)
+    fig = _figure(plots._draw_comparison, drawn, summaries, title=None)
+    assert (53.0, 95.0) in _stars(fig.axes[0])  # fine-tune epoch 3, not probe epoch 3
+    assert {"train", "probe", "fine-tune"} <= set(_legend(fig))

@@ -209,3 +209,8 @@ def test_comparison_table_names_the_kept_row_and_cv_spread():
     assert lines[0].endswith("| trainable params | kept |")
     assert lines[2].startswith("| lp-ft | **97.0%** |") and lines[2].endswith("| epoch 3, fine-tune |")
     assert lines[3].startswith("| lp-ft cv | 94.0% ± 2.1% (5-fold) |") and lines[3].endswith("| epoch 0, probe |")
+
+
+def test_untested_level_figures_read_level():
+    line = report.verdict([_result("scratch", 1.0), _result("lp-ft", 1.0)])
+    assert line.startswith("pretrained level with scratch (lp-ft 100.0% vs scratch 100.0%); not tested for significance")

@@ -124,12 +124,16 @@ def kept_xy(tl: Timeline, metric: str, *, fallback: float = math.nan) -> tuple[f
     return None if math.isnan(y) else (tl.x[tl.kept.index], y)
 
 
-def lanes(ax: Any, runs: Sequence[tuple[str, Timeline, str]], colors: dict[str, str], *, margin: float, axes_inches: float) -> None:
+def lanes(ax: Any, runs: Sequence[tuple[str, Timeline, str]], colors: dict[str, str], *, margin: float, axes_inches: float) -> list[str]:
     """One lane per run under a comparison panel: its stages as bands on the shared epoch axis.
 
     ``runs`` holds ``(name, timeline, line colour)``; the lane's name is written in the line's
     colour so that a lane reads as the legend entry above it.
+
+    Returns:
+        The stage names whose label did not fit inside a band (a legend must name them).
     """
+    unlabelled: list[str] = []
     spans_all = [b for _, tl, _ in runs for b in bands(tl, margin=margin)]
     lo = min((b[1] for b in spans_all), default=0.0)
     hi = max((b[2] for b in spans_all), default=1.0)
@@ -141,6 +145,8 @@ def lanes(ax: Any, runs: Sequence[tuple[str, Timeline, str]], colors: dict[str, 
             width_pt = (right - left) / max(hi - lo, 1e-9) * axes_inches * 72
             if width_pt >= len(span.stage) * 6.5 * 0.62 + 4:
                 ax.text((left + right) / 2, y, span.stage, ha="center", va="center", fontsize=6.5, color="#333333", clip_on=True)
+            elif span.stage not in unlabelled:
+                unlabelled.append(span.stage)
         for span in (s for s in tl.spans if s.point):
             ax.plot([span.x0], [y], "D", color="#666666", markersize=5, markeredgecolor="white")
     ax.set_ylim(-0.6, len(runs) - 0.4)
@@ -150,6 +156,7 @@ def lanes(ax: Any, runs: Sequence[tuple[str, Timeline, str]], colors: dict[str, 
     ax.grid(False)
     ax.spines["left"].set_visible(False)
     ax.tick_params(axis="y", length=0)
+    return unlabelled
 
 
 def integer_epochs(ax: Any) -> None:

@@ -207,9 +207,12 @@ def _draw_comparison(fig: Any, drawn: list[_Drawn], summaries: Mapping[str, Mapp
             ax.set_xlabel(_epoch_axis_label(drawn[0][1]) if len(drawn) == 1 else "epoch")
     if loss_ax.get_legend_handles_labels()[0]:
         loss_ax.legend(loc="best", fontsize=8)
+    unlabelled = []
     for ax in lane_axes:
-        sp.lanes(ax, [(n, tl, c) for n, tl, c, _ in drawn], colors, margin=margin, axes_inches=_PANEL_INCHES)
+        unlabelled += sp.lanes(ax, [(n, tl, c) for n, tl, c, _ in drawn], colors, margin=margin, axes_inches=_PANEL_INCHES)
         ax.set_xlabel("epoch (stages shaded per strategy)")
+    if unlabelled:
+        _stage_legend(fig, colors)
     if title:
         fig.suptitle(title)
 

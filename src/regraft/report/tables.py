@@ -56,7 +56,7 @@ def comparison_markdown(results: Sequence[Mapping[str, Any]]) -> str:
     best = max((as_float(r.get("best_val_acc")) for r in results), key=lambda v: -1.0 if math.isnan(v) else v)
     lines = [
         "| " + " | ".join(h for h, _, _ in _COLUMNS) + " |",
-        "| " + " | ".join("---" if kind == "text" else "---:" for _, _, kind in _COLUMNS) + " |",
+        "| " + " | ".join("---" if kind in ("text", "kept") else "---:" for _, _, kind in _COLUMNS) + " |",
     ]
     for r in results:
         cells = []

@@ -193,7 +193,9 @@ def _p(p: float, *, prefix: bool = False) -> str:
 
 
 def _signed(diff: float) -> str:
-    return f"{abs(diff) * 100:.1f} points {'above' if diff >= 0 else 'below'}"
+    if _same(diff, 0.0):
+        return "level with"
+    return f"{abs(diff) * 100:.1f} points {'above' if diff > 0 else 'below'}"
 
 
 def _same(a: float, b: float) -> bool:

@@ -353,3 +353,19 @@ def test_comparison_names_stages_too_narrow_for_their_lane():
     fig = _figure(plots._draw_comparison, drawn, summaries, title=None)
     assert (53.0, 95.0) in _stars(fig.axes[0])  # fine-tune epoch 3, not probe epoch 3
     assert {"train", "probe", "fine-tune"} <= set(_legend(fig))
+
+
+def test_odd_rows_still_draw():
+    """Rows a hand-written or partial metrics.csv may hold: no stage on some rows, numeric stage
+    names, no validation accuracy on the kept row (the summary's figure is starred), no epochs."""
+    rows = [
+        {"epoch": 1, "stage": None, "train_loss": 1.0, "val_acc": 0.5, "val_loss": 0.9},
+        {"epoch": 2, "stage": 2, "train_loss": 0.8, "val_acc": 0.6, "val_loss": 0.8},
+        {"epoch": 3, "stage": 2, "train_loss": 0.7, "val_acc": None, "val_loss": None, "kept": "True"},
+    ]
+    tl = timeline(rows)
+    assert [s.stage for s in tl.spans] == ["(no stage)", "2"] and tl.kept.index == 2
+    fig = _figure(plots._draw_curves, rows, title=None, summary={"best_val_acc": 0.65, "best_val_loss": 0.75})
+    assert _stars(fig.axes[1]) == [(3.0, 65.0)] and _stars(fig.axes[0]) == [(3.0, 0.75)]
+    no_epochs = [{"val_acc": 0.5}, {"val_acc": 0.7}]
+    assert timeline(no_epochs).x == [1.0, 2.0] and timeline(no_epochs).kept.index == 1

@@ -214,3 +214,10 @@ def test_comparison_table_names_the_kept_row_and_cv_spread():
 def test_untested_level_figures_read_level():
     line = report.verdict([_result("scratch", 1.0), _result("lp-ft", 1.0)])
     assert line.startswith("pretrained level with scratch (lp-ft 100.0% vs scratch 100.0%); not tested for significance")
+
+
+def test_results_must_be_told_apart():
+    with pytest.raises(ReportError, match="results named 'full' more than once; give each summary a distinct 'strategy'"):
+        report.verdict([_result("full", 0.9), _result("full", 0.8)])
+    with pytest.raises(ReportError, match="pairwise tests need at least two results, got 1"):
+        report.pairwise_markdown([_result("full", 0.9)])

@@ -26,6 +26,7 @@ __all__ = ["Span", "Kept", "Timeline", "timeline", "Validation", "validation_of"
 
 log = logging.getLogger(__name__)
 
+UNNAMED = "(no stage)"  # rows without a stage in a run whose other rows have one
 # metrics.csv holds 6 significant digits, summary.json more: figures this close are the same figure
 _SAME = 5e-6
 
@@ -150,7 +151,7 @@ def _spans(stages: list[str], x: list[float]) -> list[Span]:
         if i == len(stages) or stages[i] != stages[start]:
             x0, x1 = x[start], x[i - 1]
             point = bool(spans) and x0 == x1 == spans[-1].x1
-            spans.append(Span(stages[start], start, i - 1, x0, x1, point))
+            spans.append(Span(stages[start] or UNNAMED, start, i - 1, x0, x1, point))
             start = i
     return spans
 

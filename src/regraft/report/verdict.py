@@ -55,8 +55,7 @@ def verdict(
     Raises:
         ReportError: no result has a best validation accuracy.
     """
-    scored = [(str(r.get("strategy", "?")), as_float(r.get("best_val_acc")), r) for r in results]
-    scored = [s for s in scored if not math.isnan(s[1])]
+    scored = [s for s in _scored(results) if not math.isnan(s[1])]
     if not scored:
         raise ReportError("no result has a best_val_acc to compare; pass the summary.json dict of each finished run")
     if len(scored) == 1:
@@ -83,7 +82,9 @@ def pairwise_markdown(
     Returns:
         The table as Markdown text ending with a newline, preceded by a line saying how it was tested.
     """
-    scored = [(str(r.get("strategy", "?")), as_float(r.get("best_val_acc")), r) for r in results]
+    scored = _scored(results)
+    if len(scored) < 2:
+        raise ReportError(f"pairwise tests need at least two results, got {len(scored)}; pass one summary dict per strategy")
     tests = paired_tests({name: (predictions or {}).get(name) for name, _, _ in scored}, alpha=alpha)
     tested = next((t.pairs for t in tests if not t.untested), 0)
     lines = [
@@ -106,6 +107,14 @@ def pairwise_markdown(
 
 
 # ------------------------------------------------------------------------------------ the wording
+
+
+def _scored(results: Sequence[Mapping[str, Any]]) -> list[_Scored]:
+    names = [str(r.get("strategy", "?")) for r in results]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ReportError(f"results named {', '.join(repr(n) for n in twice)} more than once; give each summary a distinct 'strategy'")
+    return [(name, as_float(r.get("best_val_acc")), r) for name, r in zip(names, results, strict=True)]
 
 
 def _against_scratch(scratch: _Scored, others: list[_Scored], tests: dict[tuple[str, str], PairedTest]) -> str:

@@ -169,7 +169,7 @@ def test_plot_lr_find(tmp_path):
         report.plot_lr_find([0.0, 1e-2], [1.0, 2.0], None, tmp_path / "x.png")
 
 
-# ------------------------------------------------------------------------------ table and verdict
+# ---------------------------------------- the table (verdict and paired test: test_report_verdict.py)
 
 
 def _result(strategy: str, acc: float | None, **extra) -> dict:
@@ -195,9 +195,6 @@ def test_comparison_markdown_table():
 def test_comparison_markdown_falls_back_to_final_loss():
     md = report.comparison_markdown([{"strategy": "full", "best_val_acc": 0.5, "final_val_loss": 0.75}])
     assert "| 0.7500 |" in md
-
-
-# the verdict and its paired test: tests/test_report_verdict.py
 
 
 # ------------------------------------------------------------------------------------ report.html

@@ -9,18 +9,27 @@ Example:
     >>> from regraft import report
     >>> report.plot_curves(rows, "runs/exp1/curves.png")                  # doctest: +SKIP
     >>> report.write_html_report("runs/exp1")                              # doctest: +SKIP
-    >>> print(report.verdict([scratch_summary, full_summary]))             # doctest: +SKIP
-    pretrained beats scratch by 9.6 points (full 93.9% vs scratch 84.3%)
+    >>> print(report.verdict([scratch, full], predictions=preds))            # doctest: +SKIP
+    pretrained beats scratch by 9.6 points (full 93.9% vs scratch 84.3%; exact McNemar p<0.001, n=400)
 """
 
 from __future__ import annotations
 
 from regraft.report._figure import ReportError
 from regraft.report._run import confusion_matrix, draw_run, to_image
+from regraft.report.confusion import plot_confusion
 from regraft.report.grids import plot_samples, plot_top_losses
 from regraft.report.html import render_html_report, write_html_report
-from regraft.report.plots import plot_comparison, plot_confusion, plot_curves, plot_lr_find
-from regraft.report.tables import comparison_markdown, verdict
+from regraft.report.plots import plot_comparison, plot_curves, plot_lr_find
+from regraft.report.stats import (
+    PairedTest,
+    ValPredictions,
+    mcnemar_exact,
+    paired_tests,
+    read_val_predictions,
+)
+from regraft.report.tables import comparison_markdown
+from regraft.report.verdict import pairwise_markdown, verdict
 
 __all__ = [
     "ReportError",
@@ -32,6 +41,12 @@ __all__ = [
     "plot_lr_find",
     "comparison_markdown",
     "verdict",
+    "pairwise_markdown",
+    "read_val_predictions",
+    "paired_tests",
+    "mcnemar_exact",
+    "PairedTest",
+    "ValPredictions",
     "write_html_report",
     "render_html_report",
     "draw_run",

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from regraft.report._samples import sample_grid
 from regraft.report.grids import plot_samples, plot_top_losses
 from regraft.report.html import write_html_report
 from regraft.report.plots import plot_confusion, plot_curves
@@ -43,6 +42,7 @@ def draw_run(
     std: Sequence[float] | None = None,
     top_n: int = 16,
     n_samples: int = 16,
+    batch_transform: Callable[..., Any] | None = None,
 ) -> list[Path]:
     """Write a run's plots (curves, confusion matrix, top losses, samples) and its report.html.
 
@@ -62,6 +62,9 @@ def draw_run(
             stretched to its own range).
         top_n: images in ``top_losses.png``.
         n_samples: images in ``samples.png``.
+        batch_transform: the run's MixUp/CutMix transform (``data.mixup_cutmix``), when it has
+            one: ``samples.png`` then shows the mixed images the model trains on, each titled
+            with its soft label.
 
     Returns:
         The files written, report.html last.
@@ -75,7 +78,7 @@ def draw_run(
         ("curves.png", lambda p: _curves(folder, p)),
         ("confusion_matrix.png", lambda p: _confusion(logits, targets, classes, p)),
         ("top_losses.png", lambda p: _top_losses(logits, targets, classes, val_dataset, indices, norm, p, top_n)),
-        ("samples.png", lambda p: _samples(train_dataset, classes, norm, p, n_samples)),
+        ("samples.png", lambda p: _samples(train_dataset, classes, norm, p, n_samples, batch_transform)),
     ]
     written: list[Path] = []
     for name, draw in steps:
@@ -132,7 +135,8 @@ def to_image(x: Any, *, mean: Sequence[float] | None = None, std: Sequence[float
 
 def _curves(folder: Path, path: Path) -> Path | None:
     rows = RunDir(folder).read_metrics()
-    return plot_curves(rows, path, title=_title(folder)) if rows else None
+    summary = _summary(folder)
+    return plot_curves(rows, path, title=_title(summary), summary=summary) if rows else None
 
 
 def _confusion(logits: Any, targets: Any, classes: Sequence[str], path: Path) -> Path | None:
@@ -164,29 +168,12 @@ def _top_losses(logits, targets, classes, dataset, indices, norm, path: Path, n:
     return plot_top_losses(items, path, n=n)
 
 
-def _samples(dataset: Any, classes: Sequence[str], norm, path: Path, n: int) -> Path | None:
-    if dataset is None or len(dataset) == 0:
+def _samples(dataset: Any, classes: Sequence[str], norm, path: Path, n: int, batch_transform: Any) -> Path | None:
+    grid = sample_grid(dataset, classes, to_image=lambda x: to_image(x, mean=norm[0], std=norm[1]), n=n, batch_transform=batch_transform)
+    if grid is None:
         return None
-    picks = sorted(np.random.default_rng(0).choice(len(dataset), size=min(n, len(dataset)), replace=False).tolist())
-    images, labels = [], []
-    with _preserved_rng():  # augmentations draw random numbers; training's streams stay as they were
-        for i in picks:
-            item = _augmented(dataset, i)
-            if item is None:  # an unreadable file the dataset drops
-                continue
-            images.append(to_image(item[0], mean=norm[0], std=norm[1]))
-            labels.append(classes[int(item[1])])
-    return plot_samples(images, labels, path) if images else None
-
-
-def _augmented(dataset: Any, index: int) -> Any:
-    """``(image, label)`` after augmentation: regraft's ``ImageDataset.raw`` gives the uint8 crop
-    before normalisation (true colours), with a fixed seed per image (the same picture each time)."""
-    raw = getattr(dataset, "raw", None)
-    if callable(raw):
-        with contextlib.suppress(TypeError):  # raw() needs regraft's own transforms
-            return raw((index, index))
-    return dataset[index]
+    images, titles, heading = grid
+    return plot_samples(images, titles, path, title=heading)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -214,19 +201,6 @@ def _thumbnail(path: Path) -> np.ndarray:
         return np.asarray(im)
 
 
-@contextlib.contextmanager
-def _preserved_rng() -> Iterator[None]:
-    py_state, np_state = random.getstate(), np.random.get_state()
-    torch = sys.modules.get("torch")
-    ctx = torch.random.fork_rng(devices=[]) if torch is not None else contextlib.nullcontext()
-    try:
-        with ctx:
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-
-
 def _numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu()
@@ -236,13 +210,17 @@ def _numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _title(folder: Path) -> str | None:
+def _summary(folder: Path) -> dict[str, Any] | None:
     import json
 
     try:
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(summary, dict):
+    return summary if isinstance(summary, dict) else None
+
+
+def _title(summary: dict[str, Any] | None) -> str | None:
+    if not summary:
         return None
     return " · ".join(str(summary[k]) for k in ("model", "strategy") if summary.get(k)) or None

@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from regraft.report._timeline import stage_name, timeline, validation_of
+
 __all__ = [
     "esc", "section", "summary_cards", "figure", "load_report", "freeze_audit", "metrics_table",
     "pre", "key_values", "PNG_MAGIC",
@@ -20,7 +22,7 @@ __all__ = [
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _OPEN_LIST_MAX = 10  # longer lists of keys start collapsed
-_INT_COLUMNS = ("epoch", "trainable_params", "frozen_params", "params")
+_INT_COLUMNS = ("trainable_params", "frozen_params", "params")
 
 
 def esc(value: Any) -> str:
@@ -44,13 +46,24 @@ def figure(name: str, png: bytes, caption: str) -> str:
     )
 
 
-def summary_cards(summary: Mapping[str, Any]) -> str:
-    """The run's headline figures as a row of cards, then every summary field collapsed."""
+def summary_cards(summary: Mapping[str, Any], *, kept: str | None = None) -> str:
+    """The run's headline figures as a row of cards, then every summary field collapsed.
+
+    Args:
+        summary: the run's ``summary.json``.
+        kept: where the kept weights are ("epoch 3, fine-tune"), as read from the metrics;
+            defaults to the summary's ``best_epoch``/``best_stage``.
+    """
     cards = []
     best = summary.get("best_val_acc")
     if best is not None:
-        where = f"epoch {summary.get('best_epoch', '?')} of {summary.get('epochs', '?')}"
-        cards.append(("best val accuracy", _pct(best), where))
+        validation = validation_of(summary)
+        where = kept or _kept_where(summary)
+        if validation.cross_validated:
+            spread = f" ± {_pct(validation.std)}" if not math.isnan(validation.std) else ""
+            cards.append(("cross-validated accuracy", _pct(best) + spread, f"{validation.folds}-fold; kept weights: {where}"))
+        else:
+            cards.append(("val accuracy, kept weights", _pct(best), where))
     if summary.get("final_val_acc") is not None:
         cards.append(("final val accuracy", _pct(summary["final_val_acc"]), "last epoch"))
     if summary.get("best_val_loss") is not None:
@@ -112,27 +125,41 @@ def freeze_audit(rows: Sequence[Mapping[str, Any]]) -> str:
     return table if rows else '<p class="empty">no parameter groups recorded</p>'
 
 
-def metrics_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One row per epoch; the epoch with the best validation accuracy highlighted."""
-    accs = [_float(r.get("val_acc")) for r in rows]
-    best = max(range(len(rows)), key=lambda i: -math.inf if math.isnan(accs[i]) else accs[i], default=None)
-    if best is not None and math.isnan(accs[best]):
-        best = None
-    return _table(rows, highlight=best)
+def metrics_table(rows: Sequence[Mapping[str, Any]], *, summary: Mapping[str, Any] | None = None) -> str:
+    """One row per evaluation, in time order; the row whose weights were kept highlighted.
+
+    The kept row is the ``kept`` column's, else the one ``summary`` names (older runs); a run
+    that recorded neither has its highest validation accuracy highlighted, and the note says so.
+    """
+    if not rows:
+        return '<p class="empty">metrics.csv has no rows</p>'
+    tl = timeline(rows, summary)
+    kept = tl.kept
+    notes = []
+    if kept is not None and kept.recorded:
+        notes.append(f"Highlighted: the row whose weights are model.safetensors ({tl.label(kept.index)}).")
+    elif kept is not None:
+        notes.append(f"Highlighted: the highest validation accuracy ({tl.label(kept.index)}); this run did not record which weights it kept.")
+    if tl.restarted:
+        notes.append("This older run numbered each stage's epochs from 1.")
+    note = f'<p class="note">{esc(" ".join(notes))}</p>' if notes else ""
+    return note + _table(rows, highlight=kept.index if kept else None, highlight_class="kept" if kept and kept.recorded else "best")
 
 
 # --------------------------------------------------------------------------------------- helpers
 
 
-def _table(rows: Sequence[Mapping[str, Any]], *, highlight: int | None = None, numeric_total: Sequence[str] = ()) -> str:
+def _table(
+    rows: Sequence[Mapping[str, Any]], *, highlight: int | None = None, highlight_class: str = "best", numeric_total: Sequence[str] = ()
+) -> str:
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = []
     for i, r in enumerate(rows):
-        cls = ' class="best"' if i == highlight else ""
-        cells = "".join(f"<td>{esc(_cell(c, r.get(c)))}</td>" for c in columns)
+        cls = f' class="{highlight_class}"' if i == highlight else ""
+        cells = "".join(f"<td{_align(r.get(c))}>{esc(_cell(c, r.get(c)))}</td>" for c in columns)
         body.append(f"<tr{cls}>{cells}</tr>")
     if numeric_total and rows:
         totals = {c: sum(int(f) for f in (_float(r.get(c)) for r in rows) if not math.isnan(f)) for c in numeric_total if c in columns}
@@ -149,6 +176,8 @@ def _cell(column: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     name = column.lower()
+    if name == "epoch":
+        return f"{value:g}"  # 0.5, 1, 1.5: fractional rows on small data
     if name in _INT_COLUMNS or name.endswith("_params"):
         return f"{int(value):,}"
     if name == "lr" or name.endswith("_lr"):
@@ -158,6 +187,11 @@ def _cell(column: str, value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:.4g}"
+
+
+def _align(value: Any) -> str:
+    """Words (a stage, a group's name) read left-aligned; numbers stay right-aligned."""
+    return ' class="text"' if isinstance(value, str) and value else ""
 
 
 def _details(title: str, body: str, *, open_: bool) -> str:
@@ -187,6 +221,15 @@ def _bar(fraction: Any) -> str:
     f = _float(fraction)
     width = 0.0 if math.isnan(f) else min(max(f, 0.0), 1.0) * 100
     return f'<span class="bar"><span style="width:{width:.1f}%"></span></span>'
+
+
+def _kept_where(summary: Mapping[str, Any]) -> str:
+    epoch = summary.get("best_epoch")
+    if epoch is None:
+        return ""
+    stage = stage_name(summary.get("best_stage"))
+    of = f" of {summary['epochs']}" if summary.get("epochs") is not None else ""
+    return f"epoch {_float(epoch):g}{of}" + (f", {stage}" if stage else "")
 
 
 def _preview(classes: Sequence[Any]) -> str:

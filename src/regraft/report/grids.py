@@ -21,7 +21,7 @@ import numpy as np
 
 from regraft.report._figure import ReportError, png_figure, short_label
 
-__all__ = ["plot_top_losses", "plot_samples", "TopLoss"]
+__all__ = ["plot_top_losses", "plot_samples", "soft_label", "TopLoss"]
 
 # (image HWC uint8, true label, predicted label, probability of the prediction, loss)
 TopLoss = tuple[Any, str, str, float, float]
@@ -63,28 +63,69 @@ def plot_top_losses(items: Sequence[TopLoss], path: str | Path, *, n: int = 16) 
     return _grid(images, titles, path, heading=heading, empty="no misclassified validation images", title_color="#b22222")
 
 
-def plot_samples(images: Sequence[Any], labels: Sequence[str], path: str | Path, *, title: str | None = None) -> Path:
+def plot_samples(
+    images: Sequence[Any],
+    labels: Sequence[str | Sequence[float]],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    classes: Sequence[str] | None = None,
+) -> Path:
     """Draw ``samples.png``: a grid of (augmented) training images with their labels.
+
+    A label is a class name, or, for a mixed image (MixUp/CutMix), its soft label: one weight
+    per class, drawn as "62% cat + 38% dog" (``classes`` names the weights).
 
     Args:
         images: HWC ``uint8`` arrays (or HW, or float in [0, 1]).
-        labels: one class name per image.
+        labels: one class name, or one sequence of per-class weights, per image.
         path: where to write the PNG.
         title: the heading; defaults to "training samples (after augmentation)".
+        classes: class names in label order; needed for soft labels.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ReportError: no images, a different number of labels, or an image that is not HW/HWC.
+        ReportError: no images, a different number of labels, an image that is not HW/HWC, or
+            a soft label without ``classes`` (or with another length).
+
+    Example:
+        >>> plot_samples([img, img], ["cat", [0.62, 0.38]], "samples.png", classes=["cat", "dog"])  # doctest: +SKIP
     """
     if len(images) == 0:
         raise ReportError("no sample images to draw; pass at least one image")
     if len(images) != len(labels):
         raise ReportError(f"{len(images)} images but {len(labels)} labels; pass one label per image")
     shown = [_displayable(im) for im in images]
-    names = [short_label(lbl, limit=22) for lbl in labels]
+    names = [_lines(lbl) if isinstance(lbl, str) else _soft(lbl, classes) for lbl in labels]
     return _grid(shown, names, path, heading=title or "training samples (after augmentation)", empty="", title_color="#222222")
+
+
+def soft_label(weights: Sequence[float], classes: Sequence[str], *, at_least: float = 0.005) -> str:
+    """A soft label as text, heaviest first: "62% cat + 38% dog"; one class alone is just its name.
+
+    Example:
+        >>> soft_label([0.38, 0.62, 0.0], ["dog", "cat", "fox"])
+        '62% cat + 38% dog'
+    """
+    parts = sorted(((float(w), c) for w, c in zip(weights, classes, strict=True) if float(w) >= at_least), key=lambda p: -p[0])
+    if len(parts) == 1 or (parts and parts[0][0] >= 1 - at_least):
+        return short_label(parts[0][1], limit=22)
+    return " + ".join(f"{w * 100:.0f}% {short_label(c, limit=12)}" for w, c in parts[:3])
+
+
+def _lines(text: str) -> str:
+    """Each line of a title cut to what a grid cell holds at 7.5 pt (about 36 characters)."""
+    return "\n".join(short_label(line, limit=36) for line in text.split("\n"))
+
+
+def _soft(label: Any, classes: Sequence[str] | None) -> str:
+    weights = list(np.asarray(label, dtype=float).ravel())
+    if classes is None or len(classes) != len(weights):
+        got = "no classes" if classes is None else f"{len(classes)} classes"
+        raise ReportError(f"a soft label has {len(weights)} weights but {got} were given; pass classes= with one name per weight")
+    return soft_label(weights, classes)
 
 
 def _displayable(image: Any) -> np.ndarray:

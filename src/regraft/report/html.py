@@ -22,6 +22,7 @@ from typing import Any
 
 from regraft.errors import RunError
 from regraft.report import _sections as S
+from regraft.report._timeline import timeline
 from regraft.runs import RunDir, atomic_write_text
 
 __all__ = ["write_html_report", "render_html_report"]
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # the figures a person looks at first, in this order, with their captions
 HEADLINE_FIGURES = (
-    ("curves.png", "loss and accuracy per epoch"),
+    ("curves.png", "loss and accuracy on one epoch axis: shaded spans are the training stages, the star marks the kept weights"),
     ("confusion_matrix.png", "confusion matrix on the validation split: counts and row-normalised"),
     ("top_losses.png", "the most confidently wrong validation images"),
 )
@@ -49,7 +50,7 @@ figure{margin:8px 0 22px} figure img{max-width:100%;height:auto;border:1px solid
 figcaption{font-size:13px;color:#555;margin-top:4px}
 table{border-collapse:collapse;font-size:13px} th,td{padding:4px 10px;text-align:left;vertical-align:top}
 table.grid th{background:#f0f2f5;position:sticky;top:0} table.grid td{border-top:1px solid #eceef1;text-align:right;font-variant-numeric:tabular-nums}
-table.grid td:first-child{text-align:left} tr.best td{background:#e8f4e8;font-weight:600} tr.total td{border-top:2px solid #bbb;font-weight:600}
+table.grid td:first-child,table.grid td.text{text-align:left} tr.best td,tr.kept td{background:#e8f4e8;font-weight:600} p.note{font-size:13px;color:#555;margin:0 0 8px} tr.total td{border-top:2px solid #bbb;font-weight:600}
 table.kv th{color:#555;font-weight:500;white-space:nowrap}
 .scroll{overflow-x:auto;max-height:640px;overflow-y:auto}
 pre{background:#f6f8fa;border:1px solid #e2e4e8;border-radius:6px;padding:10px;overflow-x:auto;font-size:12.5px}
@@ -96,14 +97,14 @@ def render_html_report(run_dir: str | Path) -> str:
     config_text = _read_text(run / "config.yaml")
     title, subtitle = _heading(run, summary or {}, config_text)
     parts: list[tuple[str, str, str]] = []  # (anchor, title, body)
+    rows, metrics = _read_metrics(run, summary)
     if summary is not None or summary_err:
-        parts.append(("summary", "Summary", summary_err or S.summary_cards(summary)))
+        parts.append(("summary", "Summary", summary_err or S.summary_cards(summary, kept=_kept_where(rows, summary))))
     figures, others = _figures(run)
     if figures:
         parts.append(("figures", "Figures", figures))
     if others:
         parts.append(("plots", "All plots", others))
-    metrics = _read_metrics(run)
     if metrics is not None:
         parts.append(("metrics", "Metrics per epoch", metrics))
     _json_section(parts, run / "load_report.json", "load-report", "Load report", S.load_report, Mapping)
@@ -207,14 +208,26 @@ def _read_json(path: Path) -> tuple[Any, str]:
         return None, f'<p class="empty">could not read {S.esc(path.name)}: {S.esc(exc)}</p>'
 
 
-def _read_metrics(run: Path) -> str | None:
+def _read_metrics(run: Path, summary: Mapping[str, Any] | None) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows and their table; ``([], None)`` when there is no metrics.csv, a note when unreadable."""
     if not (run / "metrics.csv").is_file():
-        return None
+        return [], None
     try:
-        return S.metrics_table(RunDir(run).read_metrics())
+        rows = RunDir(run).read_metrics()
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         log.warning("cannot read %s: %s", run / "metrics.csv", exc)
-        return f'<p class="empty">could not read metrics.csv: {S.esc(exc)}</p>'
+        return [], f'<p class="empty">could not read metrics.csv: {S.esc(exc)}</p>'
+    return rows, S.metrics_table(rows, summary=summary)
+
+
+def _kept_where(rows: list[dict[str, Any]], summary: Mapping[str, Any] | None) -> str | None:
+    """"epoch 3 of 5, fine-tune": where the kept weights are, as the metrics (not the summary) say."""
+    if not rows:
+        return None
+    tl = timeline(rows, summary)
+    if tl.kept is None or not tl.kept.recorded:
+        return None
+    return tl.label(tl.kept.index, of=(summary or {}).get("epochs") if not tl.restarted else None)
 
 
 def _read_text(path: Path) -> str | None:

@@ -12,7 +12,7 @@ from regraft.training.loop import Callback, EpochResult
 def epoch_line(r: EpochResult, epochs: int) -> str:
     """One evaluation as a line; ``lr`` is the mean LR of the steps it covers (the LR used)."""
     stage = f"[{r.stage}] " if r.stage not in ("train", "") else ""
-    epoch = f"{r.epoch:g}" if not float(r.epoch).is_integer() else str(int(r.epoch))
+    epoch = f"{r.epoch:.2f}" if not float(r.epoch).is_integer() else str(int(r.epoch))
     lr = f"  lr {r.lr:.2e}" if r.lr is not None else ""
     return (
         f"{stage}epoch {epoch}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.3f}  "

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def finish(
     *, run: RunDir, model: nn.Module, data_setup: DataSetup, state: FitState, procs: Processes,
-    summary_fields: dict[str, Any],
+    summary_fields: dict[str, Any], batch_transform: Any = None,
 ) -> dict[str, Any]:
     """Load the kept weights into ``model``, evaluate them, write metrics, summary, predictions and plots.
 
@@ -56,7 +56,7 @@ def finish(
         run.write_json("summary.json", summary)
         if final is not None:
             write_predictions(run, data_setup, final, world_size=procs.count)
-        _draw(run, data_setup, final, world_size=procs.count)
+        _draw(run, data_setup, final, world_size=procs.count, batch_transform=batch_transform)
     procs.wait()
     return summary
 
@@ -134,7 +134,7 @@ def write_predictions(run: RunDir, data_setup: DataSetup, final: EvalResult, *, 
     run.write_text("val_predictions.csv", buf.getvalue())
 
 
-def _draw(run: RunDir, data_setup: DataSetup, final: EvalResult | None, *, world_size: int = 1) -> None:
+def _draw(run: RunDir, data_setup: DataSetup, final: EvalResult | None, *, world_size: int = 1, batch_transform: Any = None) -> None:
     try:
         from regraft.report import draw_run
 
@@ -144,6 +144,7 @@ def _draw(run: RunDir, data_setup: DataSetup, final: EvalResult | None, *, world
             run, classes=data_setup.classes, logits=final.logits if final is not None else None,
             targets=final.targets if final is not None else None, val_dataset=data_setup.val_dataset,
             train_dataset=data_setup.train_dataset, indices=indices, mean=dcfg.mean, std=dcfg.std,
+            batch_transform=batch_transform,  # samples.png shows the batches as mixup/cutmix mixed them
         )
     except Exception as exc:  # noqa: BLE001 - the weights and metrics are already saved
         log.warning("could not draw the run's plots: %s", exc)

@@ -250,7 +250,7 @@ def _one_epoch(stage, stepper, state, *, procs, run, callbacks, trackers, steps)
         tally.add(i, loss, logits, target, stepper.lr())
         if i + 1 in marks:  # a mid-epoch evaluation on small data
             tally.flush()
-            _record(stage, state, tally, epoch=e + (i + 1) / steps, label=label, procs=procs, run=run,
+            _record(stage, state, tally, epoch=round(e + (i + 1) / steps, 3), label=label, procs=procs, run=run,
                     callbacks=callbacks, trackers=trackers, stepper=stepper)
             if state.stop_reason:
                 return

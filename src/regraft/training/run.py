@@ -133,6 +133,7 @@ class _Sequence:
         self.continuation: Continuation | None = None
         self.mix: wise.Mix | None = None
         self.probe: ProbeOutcome | None = None
+        self.batch_transform: Any = None  # the fine-tuning stage's mixup/cutmix, for samples.png
 
     def execute(self, built: setup.Built, *, resume: bool) -> RunResult:
         cfg, procs = self.cfg, self.procs
@@ -158,7 +159,7 @@ class _Sequence:
         finally:
             trackers.finish()
         summary = finish(run=self.run, model=self.net.model, data_setup=self.data, state=state, procs=procs,
-                         summary_fields=self._summary_fields())
+                         summary_fields=self._summary_fields(), batch_transform=self.batch_transform)
         return RunResult(run=self.run, summary=summary, history=state.history, load_report=self.net.load_report,
                          audit=plan.audit())
 
@@ -194,6 +195,7 @@ class _Sequence:
             fit = checkpoint.restore(saved, model=self.net.model, optimizer=plan.optimizer, scheduler=plan.scheduler,
                                      plan=plan, ema=stage.ema)
             state = loop.FitState.from_dict(fit)
+        self.batch_transform = stage.batch_transform
         state = loop.fit(stage, procs=self.procs, state=state, run=self.run, callbacks=self.callbacks, trackers=trackers)
         if decisions.wise_ft and self.cfg.wise_ft and state.history and state.history[0].get("stage") == PROBE_STAGE:
             self._wise_ft(state, stage)

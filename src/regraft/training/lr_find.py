@@ -124,7 +124,7 @@ def lr_find(
         after_train_mode(model)
 
     def check(loss: torch.Tensor) -> None:
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             raise _Diverged
 
     try:

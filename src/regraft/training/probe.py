@@ -27,6 +27,7 @@ from torch import nn
 from regraft.errors import TrainingError
 from regraft.features import CacheSettings, cache_features
 from regraft.features.cut import eval_modes, find_cut
+from regraft.features.linear import assign_folds, fit_probe, fold_count
 from regraft.training.loop import EpochResult
 from regraft.training.processes import Processes
 
@@ -157,13 +158,13 @@ def _fit(rest: nn.Module, head: nn.Module, x, y, vx, vy, *, num_classes: int, re
     cv = regime.startswith("cv")
     linear = _linear_on_input(rest, head, x[: min(len(x), 8)])
     if linear:
-        from regraft.features.linear import fit_probe
-
-        probe = fit_probe(x, y, num_classes=num_classes, folds=folds, l2=l2)
-        probe.fit.load_into(head)
-        chosen_l2, n_folds = probe.l2, (probe.folds if l2 is None else 0)
-        oof = probe.out_of_fold
-        cv_acc, cv_acc_std, cv_loss = probe.cv_accuracy, probe.cv_accuracy_std, probe.cv_loss
+        probe = fit_probe(x, y, num_classes=num_classes, folds=folds, l2_grid=[l2] if l2 is not None else None)
+        with torch.no_grad():
+            probe.fit.load_into(head)
+        best = probe.cv.best
+        chosen_l2, n_folds = probe.cv.l2, (probe.cv.folds if l2 is None else 0)
+        oof = probe.cv.oof_probabilities.float()
+        cv_acc, cv_acc_std, cv_loss = best.accuracy, best.accuracy_std, best.log_loss
     else:
         chosen_l2, n_folds, oof = (l2 if l2 is not None else _MODULE_L2), 0, None
         cv_acc = cv_acc_std = cv_loss = None
@@ -233,14 +234,12 @@ def _fit_module(rest: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tens
 
 def _module_cv(rest: nn.Module, head: nn.Module, x, y, *, l2: float, folds: int) -> tuple[float, float, float, int]:
     """k-fold accuracy (mean, std) and loss of :func:`_fit_module`; the head is left as it was."""
-    from regraft.features.linear import stratified_folds
-
     start = {k: v.clone() for k, v in head.state_dict().items()}
     accs, losses = [], []
-    splits = stratified_folds(y, folds=folds)
-    for held in splits:
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[held] = False
+    n_folds = fold_count(y, requested=folds)
+    fold = assign_folds(y, folds=n_folds)
+    for k in range(n_folds):
+        held, keep = fold == k, fold != k
         head.load_state_dict(start)
         _fit_module(rest, head, x[keep], y[keep], l2=l2)
         loss, acc = _measure(rest, x[held], y[held])
@@ -248,7 +247,7 @@ def _module_cv(rest: nn.Module, head: nn.Module, x, y, *, l2: float, folds: int)
         losses.append(loss)
     head.load_state_dict(start)
     t = torch.tensor(accs, dtype=torch.float64)
-    return float(t.mean()), float(t.std(unbiased=False)), float(sum(losses) / len(losses)), len(splits)
+    return float(t.mean()), float(t.std()), float(sum(losses) / len(losses)), n_folds
 
 
 def _shareable(outcome: ProbeOutcome | None) -> ProbeOutcome | None:

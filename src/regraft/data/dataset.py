@@ -139,9 +139,10 @@ class ImageDataset(Dataset):
         self.skipped: list[str] = []  # paths skipped in this process
         self._bad: set[int] = set()
         self._images: CachedImages | None = None
-        if cache is not None:
+        given = len(self.samples)  # an empty split (no validation images) is allowed; all unreadable is not
+        if cache is not None and given:
             self._fill(cache)
-        if not self.samples:
+        if given and not self.samples:
             raise DataError("no readable images in this split: every file failed to decode; run 'regraft scan' on the data")
 
     def _fill(self, cache: DecodeCache) -> None:

@@ -78,6 +78,10 @@ def _draw_curves(fig: Any, rows: Sequence[Mapping[str, Any]], *, title: str | No
         ax.set_xlabel(_epoch_axis_label(tl))
         ax.set_title(name if not val.cross_validated or metric == "loss" else f"{name}, validation by {val.folds}-fold CV")
         sp.integer_epochs(ax)
+        if metric == "acc":  # accuracy has a ceiling: room above 100% for the stage names, no tick there
+            bottom, top = ax.get_ylim()
+            ax.set_ylim(bottom, min(top, 100.0 + 0.12 * max(100.0 - bottom, 1.0)))
+            ax.set_yticks([t for t in ax.get_yticks() if bottom <= t <= 100.0])
         _legend_below(ax)
     if unlabelled:
         _stage_legend(fig, colors)

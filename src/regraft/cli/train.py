@@ -167,4 +167,9 @@ def summary_line(s: dict[str, Any], path: Any) -> str:
         where = f"from the WiSE-FT mix α {s.get('wise_ft', {}).get('alpha')}"
     else:
         where = f"at epoch {s.get('best_epoch')} of {s.get('epochs')}"
-    return f"{figure} {where} ({s.get('wall_seconds', 0):.1f}s); run folder: {path}"
+    line = f"{figure} {where} ({s.get('wall_seconds', 0):.1f}s); run folder: {path}"
+    ema = s.get("ema") or {}
+    if ema.get("beats_kept"):
+        line += (f"\nthe EMA weights do better (val acc {ema['best_val_acc']:.4f} at epoch {ema['best_epoch']}): "
+                 "use them with --weights ema in eval, predict and export")
+    return line

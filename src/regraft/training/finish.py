@@ -92,7 +92,25 @@ def _summary(state: FitState, final: EvalResult | None, data_setup: DataSetup, m
         "n_val": final.n if final is not None else 0,
         "stopped_early": bool(state.stop_reason),
         "stop_reason": state.stop_reason or None,
+        "ema": _ema(state),
     }
+
+
+def _ema(state: FitState) -> dict[str, Any] | None:
+    """The best EMA evaluation and whether it beats the kept weights (``--weights ema`` selects them)."""
+    from regraft.training.loop import better
+
+    rows = [r for r in state.history if r.get("val_acc_ema") is not None]
+    if not rows:
+        return None
+    best = rows[0]
+    for r in rows[1:]:
+        if better(float(r["val_acc_ema"]), float(r["val_loss_ema"]), float(best["val_acc_ema"]), float(best["val_loss_ema"])):
+            best = r
+    kept = state.best_row or {}
+    beats = bool(kept) and better(float(best["val_acc_ema"]), float(best["val_loss_ema"]), float(kept["val_acc"]), float(kept["val_loss"]))
+    return {"weights": "model_ema.safetensors", "best_epoch": best["epoch"], "best_val_acc": best["val_acc_ema"],
+            "best_val_loss": best["val_loss_ema"], "beats_kept": beats}
 
 
 def _mean(values: list[float]) -> float | None:

@@ -20,6 +20,8 @@ __all__ = [
     "DataError",
     "TrainingError",
     "RunError",
+    "RunInUseError",
+    "WriteError",
     "Interrupted",
     "ExportError",
     "ReportError",
@@ -73,6 +75,17 @@ class TrainingError(RegraftError):
 
 class RunError(RegraftError):
     """A run folder is missing, incomplete or would be overwritten."""
+
+
+class RunInUseError(RunError):
+    """Another process holds the run folder's writer lock; the message names it."""
+
+
+class WriteError(RunError, OSError):
+    """The operating system refused a write (disk full, read-only, permissions); names the path.
+
+    Also an ``OSError``, so code that catches write failures as such keeps working.
+    """
 
 
 class Interrupted(RunError):

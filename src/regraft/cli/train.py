@@ -91,10 +91,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
+# What --resume takes from the command line: where and how it runs, and the trust only a flag gives.
+RESUME_FLAGS = ("device", "workers", "cache_ram", "trust_checkpoint")
+
+
 def config_from_args(args: argparse.Namespace):
-    """Recipe file + flags (+ --set) -> a validated Config; flags win."""
-    from regraft.config import Config, load_config, parse_override
+    """Recipe file + flags (+ --set) -> a validated Config; flags win.
+
+    A file (``--config``, or the run's config.yaml with ``--resume``) is untrusted: it never
+    grants trust_checkpoint or overwrite, and where its weights come from is printed first.
+    """
+    from regraft.cli._options import require_device
+    from regraft.config import load_config, parse_override
     from regraft.errors import ConfigError
+    from regraft.runs import read_config
 
     overrides: dict[str, Any] = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     if args.data is not None:
@@ -107,15 +117,54 @@ def config_from_args(args: argparse.Namespace):
     for item in getattr(args, "set", None) or []:
         key, value = parse_override(item)
         explicit[key.replace("-", "_")] = value
+    notes: list[str] = []
     if args.resume:
         if args.config:
             raise ConfigError("--resume continues a run with its own config; drop --config")
         recipe = Path(args.resume) / "config.yaml"
-        if not recipe.is_file():
+        if not recipe.exists():
             raise ConfigError(f"cannot resume {args.resume}: it has no config.yaml (is it a run folder?)")
-        cfg = Config.from_yaml(recipe)
-        return cfg.merged({"out": args.resume, **{k: v for k, v in overrides.items() if k in ("device", "workers", "cache_ram")}})
-    return load_config(args.config, overrides, explicit=explicit)
+        cfg = read_config(recipe, notes=notes)
+        cfg = cfg.merged({"out": args.resume, **{k: v for k, v in overrides.items() if k in RESUME_FLAGS}})
+        source = str(recipe)
+    else:
+        cfg = load_config(args.config, overrides, explicit=explicit, notes=notes)
+        source = args.config
+    require_device(cfg.device, flag="device")
+    if source is not None:
+        from_file = "weights" not in overrides and "weights" not in explicit
+        _announce_file(notes, cfg, source=source, weights_from_file=from_file, quiet=getattr(args, "quiet", False))
+    return cfg
+
+
+def _announce_file(notes: list[str], cfg: Any, *, source: str, weights_from_file: bool, quiet: bool) -> None:
+    """Say, before anything is loaded, what a file asked for that needs the user's attention."""
+    lines = [f"note: {n}" for n in notes]
+    if weights_from_file and weights_origin(cfg.weights) is not None:
+        lines.append(f"weights: {cfg.weights} ({weights_origin(cfg.weights)}); settings from {source}")
+    for line in lines:
+        if not quiet or line.startswith("note:") or "download" in line:
+            print(line, flush=True)
+
+
+def weights_origin(spec: str | None) -> str | None:
+    """Where a --weights value makes regraft look, in words (None for no weights)."""
+    import re
+    from urllib.parse import urlparse
+
+    text = (spec or "").strip()
+    if text.lower() in ("", "none", "random", "scratch"):
+        return None
+    if re.match(r"^https?://", text, re.IGNORECASE):
+        return f"a URL: downloaded from {urlparse(text).hostname or '?'} unless cached"
+    if text.lower().startswith("file://"):
+        return "a file URL"
+    if text.startswith(("hf-hub:", "timm/")):
+        return "the Hugging Face hub: downloaded unless cached"
+    path = Path(text).expanduser()
+    if path.exists():
+        return f"a local {'folder' if path.is_dir() else 'file'}, read without running code unless --trust-checkpoint is given"
+    return "the model zoo's published weights: downloaded unless cached"
 
 
 def _split_pair(text: str, flag: str) -> tuple[str, str]:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from regraft.errors import TrainingError
+from regraft.runs import lock_scope
 
 __all__ = ["lr_find", "LRFindResult", "suggest_lr"]
 
@@ -125,8 +126,12 @@ def lr_find(
     return LRFindResult(lrs=lrs, losses=losses, suggestion=suggest_lr(lrs, losses))
 
 
+@lock_scope()  # the lr-find folder's writer lock is released when this returns or raises
 def lr_find_run(cfg, *, out, start_lr: float = 1e-7, end_lr: float = 1.0, num_steps: int = 100):
     """``regraft lr-find``: set up as ``regraft train`` would with ``cfg``, run the test, plot it.
+
+    ``out`` is an lr-find run folder: a previous lr-find there is replaced, anything else
+    (a training run, a folder of other files) is refused.
 
     Returns:
         ``(LRFindResult, path of lr_find.png)``.
@@ -136,7 +141,7 @@ def lr_find_run(cfg, *, out, start_lr: float = 1e-7, end_lr: float = 1.0, num_st
     from pathlib import Path
 
     from regraft.report import plot_lr_find
-    from regraft.runs import RunDir
+    from regraft.runs import RunDir, RunKind
     from regraft.training import loop as engine
     from regraft.training import setup as _pipeline
     from regraft.training.run import resolve_strategy
@@ -146,7 +151,7 @@ def lr_find_run(cfg, *, out, start_lr: float = 1e-7, end_lr: float = 1.0, num_st
     if strategy == "lp-ft":
         strategy = "full"  # the LR that matters for lp-ft is the fine-tuning stage's
     out = Path(out)
-    run = RunDir.prepare(out, overwrite=True)
+    run = RunDir.create(out, kind=RunKind.LR_FIND, data=cfg.data)
     cfg = replace(cfg, strategy=strategy, out=str(out), decode_cache=cfg.decode_cache)
     engine.seed_everything(cfg.seed)
     built = _pipeline.build_model(cfg)

@@ -20,7 +20,7 @@ import torch
 
 from regraft.config import Config
 from regraft.errors import Interrupted
-from regraft.runs import RunDir
+from regraft.runs import RunDir, RunKind, lock_scope, prepare_resume
 from regraft.training import loop as engine
 from regraft.training import setup as pipeline
 
@@ -55,6 +55,7 @@ def default_out(cfg: Config, strategy: str) -> str:
 
 
 
+@lock_scope()  # the run folder's writer lock is released when train returns or raises
 def train(
     cfg: Config,
     *,
@@ -81,6 +82,8 @@ def train(
     pipeline.check_inputs(cfg)
     strategy = resolve_strategy(cfg)
     cfg = replace(cfg, strategy=strategy, out=cfg.out or default_out(cfg, strategy))
+    resumed = prepare_resume(cfg.out, config=cfg) if resume else None  # reads and checks, writes nothing
+    resume = resumed is not None and resumed.checkpoint is not None  # none saved yet: start again cleanly
 
     engine.seed_everything(cfg.seed)  # the model's random initialisation draws from here
     built = pipeline.build_model(cfg, model)  # before the accelerator: auto precision looks at the model
@@ -90,22 +93,24 @@ def train(
     )
     run = RunDir(cfg.out)
     if accelerator.is_main_process:
-        run = RunDir.prepare(cfg.out, overwrite=cfg.overwrite, resume=resume)
+        run = (RunDir.open(cfg.out, kind=RunKind.TRAIN, lock=True) if resume else
+               RunDir.create(cfg.out, kind=RunKind.TRAIN, overwrite=cfg.overwrite or resumed is not None, data=cfg.data))
     accelerator.wait_for_everyone()
     notify = _Notifier(callbacks)
+    if resumed is not None and resumed.note:
+        notify(resumed.note)
 
     setup = pipeline.setup(cfg, strategy=strategy, accelerator=accelerator, run=run, notify=notify, built=built)
     pipeline.announce(setup, notify)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and not resume:  # a resumed run keeps its files until it has restored
         pipeline.write_run_start(run, cfg, setup)
     if cfg.log:
         accelerator.init_trackers(run.path.name, config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
 
     state = None
     if resume:
-        from regraft.runs import load_checkpoint
-
-        state = engine.restore(load_checkpoint(run.checkpoint), model=setup.model, plan=setup.plan, accelerator=accelerator, ema=setup.ema)
+        with resumed.restoring(run, classes=setup.classes) as checkpoint:
+            state = engine.restore(checkpoint, model=setup.model, plan=setup.plan, accelerator=accelerator, ema=setup.ema)
         notify(f"resuming {run.path} after epoch {state.epoch} of {cfg.epochs}")
     elif setup.plan.linear_probe_first:
         state = pipeline.linear_probe(cfg, setup, accelerator=accelerator, run=run, notify=notify, callbacks=callbacks)

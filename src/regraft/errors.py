@@ -84,8 +84,12 @@ class RunInUseError(RunError):
 class WriteError(RunError, OSError):
     """The operating system refused a write (disk full, read-only, permissions); names the path.
 
-    Also an ``OSError``, so code that catches write failures as such keeps working.
+    Also an ``OSError`` (with the system's ``errno``), so code that catches write failures as
+    such keeps working.
     """
+
+    def __str__(self) -> str:  # the one-line message, not OSError's "[Errno 28] ..." form
+        return str(self.args[0]) if self.args else super().__str__()
 
 
 class Interrupted(RunError):

@@ -56,16 +56,20 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v >= low), f"at least {low:g}"
+    return (lambda v: v >= low), f"at least {_num(low)}"
 
 
 def _between(low: float, high: float, *, low_in: bool = True, high_in: bool = True) -> tuple[Callable[[Any], bool], str]:
     def check(v: Any) -> bool:
         return (v >= low if low_in else v > low) and (v <= high if high_in else v < high)
 
-    left = f"at least {low:g}" if low_in else f"above {low:g}"
-    right = f"at most {high:g}" if high_in else f"below {high:g}"
+    left = f"at least {_num(low)}" if low_in else f"above {_num(low)}"
+    right = f"at most {_num(high)}" if high_in else f"below {_num(high)}"
     return check, f"{left} and {right}"
 
 

@@ -100,12 +100,12 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"config file {path} is a folder: pass the recipe's .yaml file") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path} ({exc.strerror}): check its permissions") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        what = "a folder: pass the recipe's .yaml file" if stat.S_ISDIR(info.st_mode) else "not a regular file: pass a .yaml file"
+        raise ConfigError(f"config file {path} is {what}")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if stat.S_ISDIR(info.st_mode):
-            raise ConfigError(f"config file {path} is a folder: pass the recipe's .yaml file")
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"config file {path} is not a regular file: pass a .yaml file")
         data = fh.read(MAX_RECIPE_BYTES + 1)
     if len(data) > MAX_RECIPE_BYTES:
         raise ConfigError(f"config file {path} is larger than {MAX_RECIPE_BYTES // 2**20} MB: it is not a recipe")

@@ -106,8 +106,22 @@ def coerce(key: str, value: Any, tp: Any, source: str) -> Any:
             return str(value)
         raise bad
     if tp is dict or tp is typing.Any:
+        _check_nesting(key, value, source)
         return value
     raise bad
+
+
+_MAX_NESTING = 32
+
+
+def _check_nesting(key: str, value: Any, source: str, depth: int = 0) -> None:
+    """Refuse self-referencing or absurdly deep values (YAML anchors can build both) before they
+    reach code that walks them (``dataclasses.asdict``, YAML and JSON dumps)."""
+    if depth > _MAX_NESTING:
+        raise ConfigError(f"{source}: '{key}' is nested more than {_MAX_NESTING} levels deep (or refers to itself); write it out plainly")
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for child in children:
+        _check_nesting(key, child, source, depth + 1)
 
 
 def _describe(tp: Any) -> str:

@@ -106,11 +106,17 @@ def _open_regular(path: str | os.PathLike, limit: int):
 
 
 def _too_large(path: str | os.PathLike, limit: int, size: int | None = None) -> FileRefused:
-    actual = f"{size / 2**20:,.0f} MB, " if size is not None else ""
+    actual = f"{_size(size)}, " if size is not None else ""
     return FileRefused(
         path, "too-large",
-        f"file too large ({actual}over the {limit / 2**20:g} MB limit; raise it with --max-image-mb or {MAX_IMAGE_MB_ENV})",
+        f"file too large ({actual}over the {_size(limit)} limit; raise it with --max-image-mb or {MAX_IMAGE_MB_ENV})",
     )
+
+
+def _size(n: int) -> str:
+    if n >= 2**20:
+        return f"{n / 2**20:,.4g} MB"
+    return f"{n / 2**10:,.4g} KB" if n >= 2**10 else f"{n} bytes"
 
 
 def open_image_file(path: str | os.PathLike):

@@ -45,7 +45,7 @@ _FIXES = {
     errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
     errno.EISDIR: "it is a folder: choose a file name",
     errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
-    errno.EEXIST: "a file of that name is in the way: choose another path",
+    errno.EEXIST: "a part of the path is a file, not a folder: choose another path",  # mkdir over a file
 }
 
 
@@ -139,7 +139,7 @@ def run_root_of(path: Path, *, levels: int = 3) -> Path | None:
 def record_written(path: Path) -> None:
     """Add ``path`` to the manifest of the run folder it lies in, if any (so overwrite can remove it)."""
     root = run_root_of(path)
-    if root is None:
+    if root is None or path.name in CONTROL_FILES:
         return
     rel = path.relative_to(root).as_posix()
     if rel in CONTROL_FILES or (str(root), rel) in _RECORDED:

@@ -189,7 +189,7 @@ class Config:
             if norm not in known:
                 close = difflib.get_close_matches(norm, known, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+                raise ConfigError(f"{source}: unknown key {str(key)!r}{hint}")
             kwargs[norm] = coerce(norm, value, hints[norm], source)
         cfg = cls(**kwargs)
         cfg.validate(source=source)
@@ -216,7 +216,7 @@ class Config:
             value = getattr(self, key)
             if value not in choices:
                 raise ConfigError(
-                    f"{source}: {key} must be one of {', '.join(choices)}; got '{value}'"
+                    f"{source}: {key} must be one of {', '.join(choices)}; got {value!r}"
                 )
         for key, (check, text) in _RANGES.items():
             value = getattr(self, key)
@@ -224,11 +224,11 @@ class Config:
                 raise ConfigError(f"{source}: {key} must be {text}; got {value}")
         self._validate_lists(source)
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(f"{source}: interpolation must be one of {', '.join(INTERPOLATIONS)}; got '{self.interpolation}'")
+            raise ConfigError(f"{source}: interpolation must be one of {', '.join(INTERPOLATIONS)}; got {self.interpolation!r}")
         if self.cache_ram is not None:
             parse_bytes(self.cache_ram, name=f"{source}: cache_ram")
         if self.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256.strip()):
-            raise ConfigError(f"{source}: sha256 must be 64 hexadecimal digits (sha256sum FILE); got '{self.sha256}'")
+            raise ConfigError(f"{source}: sha256 must be 64 hexadecimal digits (sha256sum FILE); got {self.sha256!r}")
         if self.train is not None and self.freeze is not None:
             raise ConfigError(f"{source}: give 'train' or 'freeze', not both")
         if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
@@ -248,7 +248,7 @@ class Config:
             raise ConfigError(f"{source}: mean and std must have the same length; got {len(self.mean)} and {len(self.std)}")
         unknown = [t for t in self.log if t not in TRACKERS]
         if unknown:
-            raise ConfigError(f"{source}: log must list trackers among {', '.join(TRACKERS)}; got '{unknown[0]}'")
+            raise ConfigError(f"{source}: log must list trackers among {', '.join(TRACKERS)}; got {unknown[0]!r}")
 
     # ------------------------------------------------------------------ (de)serialisation
 

@@ -63,7 +63,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     import yaml
 
     if "=" not in text:
-        raise ConfigError(f"--set expects KEY=VALUE; got '{text}'")
+        raise ConfigError(f"--set expects KEY=VALUE; got {text!r}")
     key, raw = text.split("=", 1)
     try:
         return key.strip(), yaml.safe_load(raw)

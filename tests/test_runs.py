@@ -163,6 +163,7 @@ _HOLDER = textwrap.dedent("""
     import sys, time
     from regraft.runs import RunDir
     run = RunDir.create(sys.argv[1], command="regraft train data --out RUN")
+    run.write_text("config.yaml", "model: test_resnet\\n")  # a run under way: the folder is not empty
     print("locked", flush=True)
     time.sleep(60)
 """)
@@ -174,8 +175,9 @@ def test_a_second_writer_is_refused_in_one_line_naming_the_holder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunInUseError, match=rf"run is in use by pid {holder.pid} on .*'regraft train data --out RUN', started"):
-            RunDir.create(folder, overwrite=True)
+        for overwrite in (False, True):  # told who writes it, not merely that it holds a run
+            with pytest.raises(RunInUseError, match=rf"run is in use by pid {holder.pid} on .*'regraft train data --out RUN', started"):
+                RunDir.create(folder, overwrite=overwrite)
         with pytest.raises(RunInUseError, match=f"pid {holder.pid}"):
             RunDir.open(folder, lock=True)
     finally:

@@ -146,7 +146,8 @@ _OS_HINTS = {
 def _os_error(exc: OSError) -> str:
     where = f" {exc.filename}" if exc.filename else ""
     hint = _OS_HINTS.get(exc.errno or 0, "check the path and the disk")
-    return _one_line(f"{exc.strerror or type(exc).__name__}:{where}; {hint}")
+    what = exc.strerror or next(iter(str(exc).strip().splitlines()), "")[:200] or type(exc).__name__
+    return _one_line(f"{what}:{where}; {hint}")
 
 
 def _tolerant_streams() -> None:

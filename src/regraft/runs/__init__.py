@@ -149,14 +149,14 @@ class RunDir:
         kind = RunKind.parse(kind)
         run = cls(path)
         check_outside_data(run.path, data)
-        run._check_target(kind, overwrite=overwrite)  # before anything is written
+        run._check_foreign()  # before anything is written: a folder that is not a run is never touched
         try:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise write_error(run.path, exc) from None
-        run.lock(command=command)
+        run.lock(command=command)  # a second writer is told who holds the run before anything else
         try:
-            run._check_target(kind, overwrite=overwrite)  # again, now that no one else writes
+            run._check_target(kind, overwrite=overwrite)  # now that no one else writes
             if user_entries(run.path) and read_marker(run.path) is not None:
                 kept = clear_run(run.path)
                 if kept:
@@ -199,18 +199,24 @@ class RunDir:
             return run
         return cls.create(path, kind=RunKind.TRAIN, overwrite=overwrite)
 
-    def _check_target(self, kind: RunKind, *, overwrite: bool) -> None:
+    def _check_foreign(self) -> RunMarker | None:
+        """Refuse a file, or a non-empty folder without a (sound) marker; return the marker."""
         path = self.path
         if path.exists() and not path.is_dir():
             raise RunError(f"--out {path} is a file, not a folder: choose a folder path for the run")
-        names = user_entries(path)
         marker = read_marker(path) if path.is_dir() else None
+        names = user_entries(path)
+        if marker is None and names:
+            raise RunError(
+                f"{path} is not empty and is not a regraft run folder (it holds {describe_names(names)}); "
+                "regraft writes only into new, empty or its own run folders: choose another --out"
+            )
+        return marker
+
+    def _check_target(self, kind: RunKind, *, overwrite: bool) -> None:
+        marker = self._check_foreign()
+        path, names = self.path, user_entries(self.path)
         if marker is None:
-            if names:
-                raise RunError(
-                    f"{path} is not empty and is not a regraft run folder (it holds {describe_names(names)}); "
-                    "regraft writes only into new, empty or its own run folders: choose another --out"
-                )
             return
         if marker.kind != kind.value:
             raise RunError(f"{path} holds a regraft {marker.kind} run; {_article(kind.value)} run never replaces it: choose another --out")

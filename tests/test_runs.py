@@ -204,6 +204,33 @@ def test_a_stale_lock_of_a_dead_process_is_broken_with_a_note(tmp_path, caplog):
     assert not (folder / OWNER_FILE).exists()
 
 
+_BARE_HOLDER = textwrap.dedent("""
+    import sys, time
+    from filelock import FileLock
+    lock = FileLock(sys.argv[1] + "/.regraft-run.lock", blocking=False)
+    lock.acquire()
+    print("locked", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_stale_record_never_breaks_a_lock_that_is_held(tmp_path):
+    folder = tmp_path / "run"
+    make_run(folder)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (folder / OWNER_FILE).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "command": "x", "started": "t"}))
+    # a live writer that has taken the lock but not yet written its own record
+    holder = subprocess.Popen([sys.executable, "-c", _BARE_HOLDER, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUseError, match="in use by another regraft process"):
+            RunDir.open(folder, lock=True)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_lock_scope_releases_on_error(tmp_path):
     @lock_scope()
     def failing_run() -> None:

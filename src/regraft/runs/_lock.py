@@ -3,7 +3,8 @@
 The lock is ``filelock.FileLock`` on ``RUN/.regraft-run.lock`` (``flock`` on Unix: the kernel
 drops it when the holder dies, however it dies). Beside it, ``RUN/.regraft-run.owner`` says who
 holds it (pid, host, command, start time) so that a second writer's one-line error can name the
-holder. An owner record whose process is gone is a stale lock: it is broken with a logged note.
+holder. The kernel drops the lock when its holder dies; the owner record it leaves is a stale
+lock, found and replaced with a logged note when the next writer takes the lock.
 
 :func:`lock_scope` (a decorator and a context manager) releases every lock taken inside it when
 it ends, however it ends; ``regraft.training.run.train`` runs inside one.
@@ -102,7 +103,7 @@ class RunLock:
         return self._lock is not None
 
     def acquire(self) -> None:
-        """Take the lock without waiting; break it when its recorded holder is gone.
+        """Take the lock without waiting; a record left by a holder that died is noted as stale.
 
         Raises:
             RunInUseError: another live process holds it (the message names that process).
@@ -116,25 +117,14 @@ class RunLock:
         try:
             lock.acquire()
         except Timeout:
-            previous = read_holder(self.folder)
-            if previous is None or not previous.is_gone():
-                raise RunInUseError(_in_use(self.folder, previous)) from None
-            # the recorded holder is dead but the lock is still taken: its orphaned children (data
-            # loader workers) keep the old lock file open. A fresh lock file takes over.
-            log.warning("%s: breaking a stale lock of %s: that process is no longer running", self.folder, previous.describe())
-            with contextlib.suppress(OSError):
-                (self.folder / LOCK_FILE).unlink()
-            lock = FileLock(str(self.folder / LOCK_FILE), blocking=False)
-            try:
-                lock.acquire()
-            except Timeout:
-                raise RunInUseError(_in_use(self.folder, read_holder(self.folder))) from None
+            raise RunInUseError(_in_use(self.folder, read_holder(self.folder))) from None
         except OSError as exc:
             raise write_error(self.folder / LOCK_FILE, exc) from None
-        else:
-            previous = read_holder(self.folder)
-            if previous is not None and previous.pid != os.getpid():
-                log.warning("%s: the lock left by %s was stale (that process has ended); taking it over", self.folder, previous.describe())
+        previous = read_holder(self.folder)
+        if previous is not None and previous.pid != os.getpid():
+            # flock is dropped by the kernel when its holder dies, however it dies: a record left
+            # behind is a stale lock, and the lock is ours now
+            log.warning("%s: the lock left by %s was stale (that process has ended); taking it over", self.folder, previous.describe())
         self._lock = lock
         self.holder = LockHolder.current(self.command)
         try:
@@ -167,7 +157,10 @@ class RunLock:
 
 
 def _in_use(folder: Path, holder: LockHolder | None) -> str:
-    who = holder.describe() if holder is not None else "another regraft process (it has not recorded itself yet)"
+    # a record of a process that has ended belongs to an earlier holder: the live one has not
+    # written its own yet
+    known = holder is not None and not holder.is_gone()
+    who = holder.describe() if known else "another regraft process (it has not recorded itself yet)"
     return f"{folder} is in use by {who}: wait for it to finish or stop it, or choose another --out"
 
 

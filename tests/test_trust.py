@@ -241,3 +241,15 @@ def test_debug_works_before_the_command(tmp_path):
     proc = run_cli("--debug", "eval", str(tmp_path / "missing"))
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "RunError" in proc.stderr
     user_error(run_cli("eval", str(tmp_path / "missing")), "run folder not found")
+
+
+def test_where_weights_come_from_is_said_in_words(tmp_path):
+    from regraft.cli.train import weights_origin
+
+    local = tmp_path / "w.pth"
+    local.write_bytes(b"")
+    assert weights_origin("none") is None and weights_origin(None) is None
+    assert weights_origin("https://example.org/w.pth") == "a URL: downloaded from example.org unless cached"
+    assert weights_origin("hf-hub:org/name") == weights_origin("timm/resnet18.a1_in1k") == "the Hugging Face hub: downloaded unless cached"
+    assert weights_origin(str(local)).startswith("a local file, read without running code unless --trust-checkpoint")
+    assert weights_origin("DEFAULT") == "the model zoo's published weights: downloaded unless cached"

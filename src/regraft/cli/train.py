@@ -70,10 +70,10 @@ SWITCHES: list[tuple[str, str, bool, str]] = [
     ("--frozen-bn", "frozen_bn", True, "replace frozen BatchNorm layers by FrozenBatchNorm2d"),
     ("--bn-eval", "bn_eval", True, "keep every BatchNorm's statistics fixed while training (default for lp-ft)"),
     ("--bn-train", "bn_eval", False, "let trainable BatchNorm layers update their statistics (also under lp-ft)"),
-    ("--trust-checkpoint", "trust_checkpoint", True, "allow unpickling arbitrary objects from --weights (only for files you trust)"),
+    ("--trust-checkpoint", "trust_checkpoint", True, "allow unpickling arbitrary objects from --weights (only for files you trust); a recipe or run config cannot set this"),
     ("--no-decode-cache", "decode_cache", False, "decode images every epoch instead of once"),
     ("--no-feature-cache", "feature_cache", False, "recompute frozen layers every epoch"),
-    ("--overwrite", "overwrite", True, "replace an existing run folder"),
+    ("--overwrite", "overwrite", True, "replace the run in --out (deletes only the files that run wrote; a recipe cannot set this)"),
 ]
 
 
@@ -139,12 +139,12 @@ def config_from_args(args: argparse.Namespace):
 
 def _announce_file(notes: list[str], cfg: Any, *, source: str, weights_from_file: bool, quiet: bool) -> None:
     """Say, before anything is loaded, what a file asked for that needs the user's attention."""
-    lines = [f"note: {n}" for n in notes]
-    if weights_from_file and weights_origin(cfg.weights) is not None:
-        lines.append(f"weights: {cfg.weights} ({weights_origin(cfg.weights)}); settings from {source}")
-    for line in lines:
-        if not quiet or line.startswith("note:") or "download" in line:
-            print(line, flush=True)
+    for note in notes:  # printed even with -q: the user must know what a file was denied
+        print(f"note: {note}", flush=True)
+    origin = weights_origin(cfg.weights) if weights_from_file else None
+    remote = origin is not None and origin.startswith(("a URL", "the Hugging Face hub"))
+    if origin is not None and (remote or not quiet):  # a download a file asked for is always announced
+        print(f"weights: {cfg.weights} ({origin}); settings from {source}", flush=True)
 
 
 def weights_origin(spec: str | None) -> str | None:

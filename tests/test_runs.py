@@ -54,9 +54,6 @@ def make_run(path: Path, *, kind: str = "train") -> RunDir:
     return run
 
 
-# ----------------------------------------------------------------------------- marker and create
-
-
 def test_create_writes_a_marker_with_id_and_kind(tmp_path):
     run = make_run(tmp_path / "run")
     marker = read_marker(run.path)
@@ -157,8 +154,6 @@ def test_overwriting_a_comparison_clears_the_runs_it_made(tmp_path):
     assert sorted(p.name for p in (cmp.path / "full").iterdir()) == [RUN_MARKER, ".regraft-run.lock", "mine.txt"]
 
 
-# ----------------------------------------------------------------------------- one writer
-
 _HOLDER = textwrap.dedent("""
     import sys, time
     from regraft.runs import RunDir
@@ -243,9 +238,6 @@ def test_lock_scope_releases_on_error(tmp_path):
     run.close()
 
 
-# ----------------------------------------------------------------------------- writes
-
-
 def test_a_failed_write_is_one_line_naming_the_path_and_leaves_no_temp_file(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -272,9 +264,6 @@ def test_stale_temp_files_are_found_and_removed_only_by_the_lock_holder(tmp_path
     with RunDir.open(run.path, lock=True) as locked:
         assert locked.remove_stale_temp() == sorted(stale)
     assert not any(p.exists() for p in stale) and (run.path / "results.tmp").exists()
-
-
-# ----------------------------------------------------------------------------- untrusted reads
 
 
 @pytest.mark.parametrize(
@@ -320,7 +309,7 @@ def test_checkpoints_load_weights_only_and_damage_is_one_line(tmp_path):
 def _code_running_pickle(marker: Path) -> bytes:
     import pickle
 
-    class Payload:
+    class Payload:  # what a hostile checkpoint carries
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
@@ -337,9 +326,6 @@ def test_a_run_config_never_carries_trust_or_overwrite(tmp_path):
     path.write_bytes(b"model: r\xe9snet\n")
     with pytest.raises(RunError, match=r"config.yaml is not UTF-8 text \(byte 0xe9"):
         read_config(path)
-
-
-# ----------------------------------------------------------------------------- resume validation
 
 
 def _resumable(path: Path, *, epoch: int = 1) -> Path:

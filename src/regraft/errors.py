@@ -20,6 +20,8 @@ __all__ = [
     "DataError",
     "TrainingError",
     "RunError",
+    "RunInUseError",
+    "WriteError",
     "Interrupted",
     "ExportError",
     "ReportError",
@@ -73,6 +75,21 @@ class TrainingError(RegraftError):
 
 class RunError(RegraftError):
     """A run folder is missing, incomplete or would be overwritten."""
+
+
+class RunInUseError(RunError):
+    """Another process holds the run folder's writer lock; the message names it."""
+
+
+class WriteError(RunError, OSError):
+    """The operating system refused a write (disk full, read-only, permissions); names the path.
+
+    Also an ``OSError`` (with the system's ``errno``), so code that catches write failures as
+    such keeps working.
+    """
+
+    def __str__(self) -> str:  # the one-line message, not OSError's "[Errno 28] ..." form
+        return str(self.args[0]) if self.args else super().__str__()
 
 
 class Interrupted(RunError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +70,10 @@ SWITCHES: list[tuple[str, str, bool, str]] = [
     ("--frozen-bn", "frozen_bn", True, "replace frozen BatchNorm layers by FrozenBatchNorm2d"),
     ("--bn-eval", "bn_eval", True, "keep every BatchNorm's statistics fixed while training (default for lp-ft)"),
     ("--bn-train", "bn_eval", False, "let trainable BatchNorm layers update their statistics (also under lp-ft)"),
-    ("--trust-checkpoint", "trust_checkpoint", True, "allow unpickling arbitrary objects from --weights (only for files you trust)"),
+    ("--trust-checkpoint", "trust_checkpoint", True, "allow unpickling arbitrary objects from --weights (only for files you trust); a recipe or run config cannot set this"),
     ("--no-decode-cache", "decode_cache", False, "decode images every epoch instead of once"),
     ("--no-feature-cache", "feature_cache", False, "recompute frozen layers every epoch"),
-    ("--overwrite", "overwrite", True, "replace an existing run folder"),
+    ("--overwrite", "overwrite", True, "replace the run in --out (deletes only the files that run wrote; a recipe cannot set this)"),
 ]
 
 
@@ -92,15 +91,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
-# what --resume takes from the command line: where and how fast it runs, and more epochs; the rest
-# (model, data, strategy, LRs ...) is the run's own, or the resumed run would not be the same run
+# What --resume takes from the command line: where and how it runs, more epochs, and the trust
+# only a flag gives; the rest (model, data, strategy, LRs ...) is the run's own, or the resumed run
+# would not be the same run.
 RESUME_FLAGS = ("device", "workers", "cache_ram", "cache_dir", "epochs", "trust_checkpoint")
 
 
 def config_from_args(args: argparse.Namespace):
-    """Recipe file + flags (+ --set) -> a validated Config; flags win."""
-    from regraft.config import Config, load_config, parse_override
+    """Recipe file + flags (+ --set) -> a validated Config; flags win.
+
+    A file (``--config``, or the run's config.yaml with ``--resume``) is untrusted: it never
+    grants trust_checkpoint or overwrite, and where its weights come from is printed first.
+    """
+    from regraft.cli._options import require_device
+    from regraft.config import load_config, parse_override
     from regraft.errors import ConfigError
+    from regraft.runs import read_config
 
     overrides: dict[str, Any] = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     if args.data is not None:
@@ -113,22 +119,60 @@ def config_from_args(args: argparse.Namespace):
     for item in getattr(args, "set", None) or []:
         key, value = parse_override(item)
         explicit[key.replace("-", "_")] = value
+    notes: list[str] = []
     if args.resume:
         if args.config:
             raise ConfigError("--resume continues a run with its own config; drop --config")
         recipe = Path(args.resume) / "config.yaml"
-        if not recipe.is_file():
+        if not recipe.exists():
             raise ConfigError(f"cannot resume {args.resume}: it has no config.yaml (is it a run folder?)")
-        cfg = Config.from_yaml(recipe)
+        cfg = read_config(recipe, notes=notes)
         given = {**overrides, **explicit}
-        honoured = {k: v for k, v in given.items() if k in RESUME_FLAGS}
         ignored = sorted(k for k in given if k not in RESUME_FLAGS and k != "data")
         if ignored:
             names = ", ".join("--" + k.replace("_", "-") for k in ignored)
-            print(f"note: --resume continues {args.resume} with its own settings; ignored: {names} "
-                  f"(honoured on resume: {', '.join('--' + k.replace('_', '-') for k in RESUME_FLAGS)})", file=sys.stderr)
-        return cfg.merged({"out": args.resume, **honoured})
-    return load_config(args.config, overrides, explicit=explicit)
+            notes.append(f"--resume continues {args.resume} with its own settings; ignored: {names} "
+                         f"(honoured on resume: {', '.join('--' + k.replace('_', '-') for k in RESUME_FLAGS)})")
+        cfg = cfg.merged({"out": args.resume, **{k: v for k, v in given.items() if k in RESUME_FLAGS}})
+        source = str(recipe)
+    else:
+        cfg = load_config(args.config, overrides, explicit=explicit, notes=notes)
+        source = args.config
+    require_device(cfg.device, flag="device")
+    if source is not None:
+        from_file = "weights" not in overrides and "weights" not in explicit
+        _announce_file(notes, cfg, source=source, weights_from_file=from_file, quiet=getattr(args, "quiet", False))
+    return cfg
+
+
+def _announce_file(notes: list[str], cfg: Any, *, source: str, weights_from_file: bool, quiet: bool) -> None:
+    """Say, before anything is loaded, what a file asked for that needs the user's attention."""
+    for note in notes:  # printed even with -q: the user must know what a file was denied
+        print(f"note: {note}", flush=True)
+    origin = weights_origin(cfg.weights) if weights_from_file else None
+    remote = origin is not None and origin.startswith(("a URL", "the Hugging Face hub"))
+    if origin is not None and (remote or not quiet):  # a download a file asked for is always announced
+        print(f"weights: {cfg.weights} ({origin}); settings from {source}", flush=True)
+
+
+def weights_origin(spec: str | None) -> str | None:
+    """Where a --weights value makes regraft look, in words (None for no weights)."""
+    import re
+    from urllib.parse import urlparse
+
+    text = (spec or "").strip()
+    if text.lower() in ("", "none", "random", "scratch"):
+        return None
+    if re.match(r"^https?://", text, re.IGNORECASE):
+        return f"a URL: downloaded from {urlparse(text).hostname or '?'} unless cached"
+    if text.lower().startswith("file://"):
+        return "a file URL"
+    if text.startswith(("hf-hub:", "timm/")):
+        return "the Hugging Face hub: downloaded unless cached"
+    path = Path(text).expanduser()
+    if path.exists():
+        return f"a local {'folder' if path.is_dir() else 'file'}, read without running code unless --trust-checkpoint is given"
+    return "the model zoo's published weights: downloaded unless cached"
 
 
 def _split_pair(text: str, flag: str) -> tuple[str, str]:

@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from regraft.data.files import IMAGE_EXTENSIONS, VAL_DIR_NAMES, walk_images
+from regraft.data.files import IMAGE_EXTENSIONS, VAL_DIR_NAMES, read_text, walk_images
 from regraft.data.splits import DataSplits, Sample, split_stratified
 from regraft.errors import DataError
 
@@ -86,7 +86,7 @@ def _read_classes_file(root: Path, classes_file) -> list[str] | None:
         path = default
     else:
         path = _resolve(root, classes_file, what="classes file")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
+    names = [ln.strip() for ln in read_text(path, what="classes file").splitlines()]
     names = [n for n in names if n and not n.startswith("#")]
     if not names:
         raise DataError(f"{path} lists no classes: write one class name per line")
@@ -198,13 +198,13 @@ def _from_csv(root: Path, train_csv, val_csv, class_list, val_fraction, seed, re
 
 def _read_rows(path: Path) -> list[tuple[str, str, int]]:
     """``(path, label, line number)`` rows of a CSV/TSV file; the header, if any, is skipped."""
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path, what="CSV file")
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
     delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in first else (";" if ";" in first and "," not in first else ",")
     reader = csv.reader(text.splitlines(), delimiter=delimiter)
     rows: list[tuple[str, str, int]] = []
     cols: tuple[int, int] | None = None
-    for cells in reader:
+    for cells in _csv_rows(reader, path):
         cells = [c.strip() for c in cells]
         if not any(cells) or cells[0].startswith("#"):
             continue
@@ -214,8 +214,20 @@ def _read_rows(path: Path) -> list[tuple[str, str, int]]:
                 continue
         if len(cells) <= max(cols):
             raise DataError(f"{path}:{reader.line_num}: expected 'path{delimiter}label', got {delimiter.join(cells)!r}")
+        if not cells[cols[0]] or not cells[cols[1]]:
+            missing = "path" if not cells[cols[0]] else "label"
+            raise DataError(
+                f"{path}:{reader.line_num}: empty {missing} in {delimiter.join(cells)!r}; every row needs a path and a class label"
+            )
         rows.append((cells[cols[0]], cells[cols[1]], reader.line_num))
     return rows
+
+
+def _csv_rows(reader, path: Path):
+    try:
+        yield from reader
+    except csv.Error as exc:  # a field over the csv module's size limit, an unclosed quote at the end
+        raise DataError(f"{path}:{reader.line_num}: not a readable CSV row ({exc}); expected lines of 'path,label'") from None
 
 
 def _columns(cells: list[str]) -> tuple[tuple[int, int], bool]:

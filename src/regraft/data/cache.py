@@ -42,43 +42,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from regraft.config import parse_bytes  # the one parser: Config.validate checks cache_ram with it
 from regraft.data._system import available_memory, cpu_count
 from regraft.data.imageio import ImageDecodeError, ResizeSpec, decode_resized, read_image_bytes
-from regraft.errors import ConfigError
 
 __all__ = ["DecodeCache", "CachedImages", "parse_bytes", "default_cache_dir", "available_memory"]
 
 log = logging.getLogger(__name__)
 
-_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
-          "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
 _BLOCK_BYTES = 256 * 2**20
 _NONE, _RAM, _DISK = 0, 1, 2
 _FORMAT = "v1"
-
-
-def parse_bytes(value: int | float | str, *, name: str = "cache_ram") -> int:
-    """``"4G"``, ``"512M"``, ``"1.5GB"``, ``"0"`` or a number of bytes -> bytes (binary units).
-
-    Raises:
-        ConfigError: not a size.
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number, unit = float(value), ""
-    else:
-        text = str(value).strip().upper().replace(" ", "")
-        digits = text.rstrip("KMGTIB")
-        number, unit = _to_float(digits), text[len(digits):]
-    if number is None or unit not in _UNITS or number < 0:
-        raise ConfigError(f"{name} must be a size such as 4G, 512M or a number of bytes; got {value!r}")
-    return int(number * _UNITS[unit])
-
-
-def _to_float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
 
 
 def default_cache_dir() -> Path:

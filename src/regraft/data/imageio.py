@@ -1,8 +1,9 @@
 """Decoding images that real folders contain: any mode to RGB, EXIF orientation, clear errors.
 
 Every failure is an :class:`ImageDecodeError` that names the file and says what is wrong with
-it (``kind``: missing, unreadable, empty, not-image, truncated, corrupt, too-large), so that
-training can skip the file and ``regraft scan`` can list it.
+it (``kind``: missing, unreadable, not-regular, empty, not-image, truncated, corrupt, too-large),
+so that training can skip the file and ``regraft scan`` can list it. Bytes are read only through
+:func:`regraft.data.files.read_file_bytes`: regular files (after symlinks) under the size cap.
 
 Conversions to RGB, decided once here:
 
@@ -25,11 +26,11 @@ import contextlib
 import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from regraft.data.files import FileRefused, open_image_file, read_file_bytes
 from regraft.errors import ConfigError, DataError
 
 __all__ = ["ImageDecodeError", "ResizeSpec", "read_image_bytes", "probe_image", "decode_image", "load_image", "decode_resized", "resize_image", "to_rgb", "MAX_ASPECT"]
@@ -85,15 +86,16 @@ class ResizeSpec:
 
 
 def read_image_bytes(path: str | os.PathLike) -> bytes:
-    """The bytes of an image file.
+    """The bytes of an image file: a regular file (after symlinks) within the size cap.
 
     Raises:
-        ImageDecodeError: the file is missing, unreadable or empty.
+        ImageDecodeError: the file is missing, unreadable, not a regular file (FIFO, device,
+            socket), larger than the cap (checked before reading) or empty.
     """
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ImageDecodeError(path, "missing", "file not found") from None
+        data = read_file_bytes(path)
+    except FileRefused as exc:
+        raise ImageDecodeError(path, exc.kind, exc.reason) from None
     except OSError as exc:
         raise ImageDecodeError(path, "unreadable", f"cannot read the file ({exc.strerror or exc})") from None
     if not data:
@@ -111,16 +113,17 @@ def probe_image(path: str | os.PathLike) -> tuple[int, int, str, str]:
         ImageDecodeError: missing, unreadable, empty or not an image.
     """
     try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        raise ImageDecodeError(path, "missing", "file not found") from None
-    except OSError as exc:
-        raise ImageDecodeError(path, "unreadable", f"cannot read the file ({exc.strerror or exc})") from None
-    if size == 0:
-        raise ImageDecodeError(path, "empty", "empty file (0 bytes)")
+        fh = open_image_file(path)  # a FIFO or device is refused here, never opened for reading
+    except FileRefused as exc:
+        raise ImageDecodeError(path, exc.kind, exc.reason) from None
     try:
-        with Image.open(path) as img:
-            return img.width, img.height, img.mode, img.format or "?"
+        with fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise ImageDecodeError(path, "empty", "empty file (0 bytes)")
+            with Image.open(fh) as img:
+                return img.width, img.height, img.mode, img.format or "?"
+    except ImageDecodeError:
+        raise
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(path, "too-large", f"image too large to decode safely ({_short(exc)})") from None
     except UnidentifiedImageError:

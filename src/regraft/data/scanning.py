@@ -36,7 +36,8 @@ _TINY = 32  # images whose shorter side is below this many pixels are counted as
 
 @dataclass
 class BadFile:
-    """A file that cannot be used: ``kind`` is missing, unreadable, empty, not-image, truncated, corrupt or too-large."""
+    """A file that cannot be used: ``kind`` is missing, unreadable, not-regular (a FIFO, device or
+    socket: never opened), empty, not-image, truncated, corrupt or too-large (over the size cap)."""
 
     path: str
     split: str

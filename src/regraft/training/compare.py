@@ -17,7 +17,7 @@ from typing import Any
 
 from regraft.config import STRATEGIES, Config
 from regraft.errors import ConfigError
-from regraft.runs import RunDir, atomic_write_text
+from regraft.runs import RunDir, RunKind, atomic_write_text, lock_scope
 
 __all__ = ["compare", "ComparisonResult", "parse_strategies"]
 
@@ -44,6 +44,7 @@ def parse_strategies(text: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+@lock_scope()  # the comparison folder's writer lock is released when this returns or raises
 def compare(
     cfg: Config, *, strategies: Sequence[str], out: str | Path, callbacks=(), overwrite: bool = False,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
@@ -64,7 +65,7 @@ def compare(
 
     out = Path(out)
     strategies = parse_strategies(strategies)
-    RunDir.prepare(out, overwrite=overwrite, resume=False)
+    RunDir.create(out, kind=RunKind.COMPARE, overwrite=overwrite, data=cfg.data)
     summaries, histories = [], {}
     for strategy in strategies:
         weights = "none" if strategy == "scratch" else cfg.weights

@@ -31,7 +31,7 @@ from regraft import rng, strategies
 from regraft.config import Config
 from regraft.errors import TrainingError
 from regraft.freezing import apply_bn_policy, hold_bn_statistics
-from regraft.runs import RunDir
+from regraft.runs import RunDir, RunKind, lock_scope
 from regraft.training import setup
 from regraft.training.numerics import StepNumerics, step_numerics
 from regraft.training.processes import processes
@@ -151,8 +151,12 @@ def lr_find(
     return LRFindResult(lrs=lrs, losses=losses, suggestion=suggest_lr(lrs, losses))
 
 
+@lock_scope()  # the lr-find folder's writer lock is released when this returns or raises
 def lr_find_run(cfg: Config, *, out: str | Path, start_lr: float = 1e-7, end_lr: float = 1.0, num_steps: int = 100):
     """``regraft lr-find``: set up as ``regraft train`` would with ``cfg``, run the test, plot it.
+
+    ``out`` is an lr-find run folder: a previous lr-find there is replaced, anything else (a
+    training run, a folder of other files) is refused.
 
     The strategy's stand-in decides what is ramped (lp-ft's fine-tuning stage is ``full``); the
     suggestion is the base ``--lr`` that ``regraft train`` takes with the same flags.
@@ -166,7 +170,7 @@ def lr_find_run(cfg: Config, *, out: str | Path, start_lr: float = 1e-7, end_lr:
     decisions = strategies.decide(cfg, pretrained=is_pretrained(cfg.weights))
     decisions = replace(decisions, strategy=decisions.lr_find_as, probe_first=False, cache_reason="lr-find")
     out = Path(out)
-    run = RunDir.prepare(out, overwrite=cfg.overwrite)
+    run = RunDir.create(out, kind=RunKind.LR_FIND, data=cfg.data)
     cfg = replace(cfg, out=str(out))
     with rng.preserved():
         rng.seed_all(cfg.seed)

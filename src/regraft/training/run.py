@@ -25,7 +25,7 @@ from regraft.config import Config
 from regraft.errors import Interrupted
 from regraft.features import CacheSettings
 from regraft.freezing import release_bn_policy
-from regraft.runs import RunDir, load_checkpoint
+from regraft.runs import ResumeState, RunDir, RunKind, load_checkpoint, lock_scope, prepare_resume
 from regraft.strategies import Continuation, Decisions, Evidence
 from regraft.training import card as cards
 from regraft.training import checkpoint, loop, setup, wise
@@ -58,6 +58,7 @@ def default_out(cfg: Config, strategy: str) -> str:
     return str(Path("runs") / f"{name}-{strategy}-{stamp}")
 
 
+@lock_scope()  # the run folder's writer lock is released when train returns or raises
 def train(
     cfg: Config, *, callbacks: Sequence[loop.Callback] = (), resume: bool = False, model: nn.Module | None = None,
 ) -> RunResult:
@@ -85,22 +86,31 @@ def train(
     cfg = replace(cfg, out=cfg.out or default_out(cfg, decisions.strategy.value if not decisions.auto else "auto"))
     notify = _Notifier(callbacks)
     t_start = time.perf_counter()
+    # resume reads and checks every file of the run before anything is written; a run that never
+    # saved a checkpoint starts again cleanly
+    resumed = prepare_resume(cfg.out, config=cfg) if resume else None
     with rng.preserved(), _handed_back(model):
         rng.seed_all(cfg.seed)  # the model's random initialisation draws from here
         built = setup.build_model(cfg, model)  # before the numerics: auto precision looks at the model
         procs = processes(cfg.device)
         numerics = step_numerics(procs.device, precision=cfg.precision, channels_last=cfg.channels_last,
                                  model=built.model, device_flag=cfg.device)
-        run = _open_run(cfg, resume=resume, procs=procs)
+        run = _open_run(cfg, resumed=resumed, procs=procs)
+        if resumed is not None and resumed.note:
+            notify(resumed.note)
         seq = _Sequence(cfg, decisions=decisions, procs=procs, numerics=numerics, run=run, notify=notify,
                         callbacks=callbacks, t_start=t_start)
-        return seq.execute(built, resume=resume)
+        return seq.execute(built, resumed=resumed if resumed is not None and resumed.checkpoint is not None else None)
 
 
-def _open_run(cfg: Config, *, resume: bool, procs: Processes) -> RunDir:
+def _open_run(cfg: Config, *, resumed: ResumeState | None, procs: Processes) -> RunDir:
+    """The run folder, created with its marker or reopened to resume; locked by the main process."""
     run = RunDir(cfg.out)
     if procs.is_main:
-        run = RunDir.prepare(cfg.out, overwrite=cfg.overwrite, resume=resume)
+        if resumed is not None and resumed.checkpoint is not None:
+            run = RunDir.open(cfg.out, kind=RunKind.TRAIN, lock=True)
+        else:  # a new run, or one that never saved a checkpoint: start again
+            run = RunDir.create(cfg.out, kind=RunKind.TRAIN, overwrite=cfg.overwrite or resumed is not None, data=cfg.data)
     procs.wait()
     return run
 
@@ -135,7 +145,7 @@ class _Sequence:
         self.probe: ProbeOutcome | None = None
         self.batch_transform: Any = None  # the fine-tuning stage's mixup/cutmix, for samples.png
 
-    def execute(self, built: setup.Built, *, resume: bool) -> RunResult:
+    def execute(self, built: setup.Built, *, resumed: ResumeState | None) -> RunResult:
         cfg, procs = self.cfg, self.procs
         self.data = setup.setup_data(cfg, built, decisions=self.decisions, procs=procs, run=self.run, notify=self.notify)
         self.net = setup.setup_model(cfg, built, num_classes=len(self.data.classes), decisions=self.decisions,
@@ -144,8 +154,10 @@ class _Sequence:
         card = cards.model_card(cfg, ref=built.ref, head=self.net.head, classes=self.data.classes,
                                 data_config=self.data.data_config, strategy=self.decisions.strategy.value,
                                 frozen_bn=plan.freeze_plan.bn_swapped)
-        saved = load_checkpoint(self.run.checkpoint) if resume else None
-        if procs.is_main:
+        if resumed is not None:  # the same classes, and a checkpoint that fits, before anything is written
+            resumed.check_classes(self.data.classes)
+        saved = resumed.checkpoint if resumed is not None else None
+        if procs.is_main and resumed is None:  # a resumed run keeps its files until it has restored
             cards.write_run_start(self.run, cfg, card=card, numerics=self.numerics.to_dict(),
                                   load_report=self.net.load_report, audit=plan.audit(), surgery_diff=self.net.surgery_diff)
         cards.announce(self.notify, load_report=self.net.load_report, surgery_diff=self.net.surgery_diff, plan=plan,
@@ -153,7 +165,7 @@ class _Sequence:
         trackers = Trackers(cfg.log, run_name=self.run.path.name, logging_dir=str(self.run.path / "logs"), procs=procs)
         trackers.start({k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
         try:
-            state = self._train(plan, saved=saved, trackers=trackers)
+            state = self._train(plan, saved=saved, trackers=trackers, resumed=resumed)
         except KeyboardInterrupt:
             raise self._interrupted() from None
         finally:
@@ -168,7 +180,8 @@ class _Sequence:
         return strategies.plan(self.net.model, strategy=decisions.strategy, cfg=self.cfg, steps_per_epoch=steps,
                                head=self.net.head, epochs=epochs)
 
-    def _train(self, plan: strategies.TrainPlan, *, saved: dict[str, Any] | None, trackers: Trackers) -> loop.FitState:
+    def _train(self, plan: strategies.TrainPlan, *, saved: dict[str, Any] | None, trackers: Trackers,
+               resumed: ResumeState | None = None) -> loop.FitState:
         decisions, state = self.decisions, loop.FitState()
         if saved is not None:  # resume: the probe (if any) and the decision after it are in the checkpoint
             state = loop.FitState.from_dict(saved["fit"])
@@ -189,12 +202,14 @@ class _Sequence:
                 plan = self._plan(decisions, epochs=self.continuation.epochs)
         last = self.continuation.epochs if self.continuation is not None else self.cfg.epochs
         stage = self._stage(plan, decisions, last_epoch=last, probed=decisions.probe_first)
-        if saved is not None and saved.get("stage") == PROBE_STAGE:  # stopped between the probe and fine-tuning
-            self.net.model.load_state_dict(saved["model"])
-        elif saved is not None:
-            fit = checkpoint.restore(saved, model=self.net.model, optimizer=plan.optimizer, scheduler=plan.scheduler,
-                                     plan=plan, ema=stage.ema)
-            state = loop.FitState.from_dict(fit)
+        if resumed is not None:
+            with resumed.restoring(self.run, classes=self.data.classes):  # a mismatch: one line, nothing written
+                if saved.get("stage") == PROBE_STAGE:  # stopped between the probe and fine-tuning
+                    self.net.model.load_state_dict(saved["model"])
+                else:
+                    fit = checkpoint.restore(saved, model=self.net.model, optimizer=plan.optimizer,
+                                             scheduler=plan.scheduler, plan=plan, ema=stage.ema)
+                    state = loop.FitState.from_dict(fit)
         self.batch_transform = stage.batch_transform
         state = loop.fit(stage, procs=self.procs, state=state, run=self.run, callbacks=self.callbacks, trackers=trackers)
         if decisions.wise_ft and self.cfg.wise_ft and state.history and state.history[0].get("stage") == PROBE_STAGE:

@@ -1,8 +1,14 @@
 """The one config schema: a typed dataclass loaded from a recipe YAML and CLI flags.
 
-Every setting of a run lives here, validated in one place. Unknown keys and wrong types are
-:class:`~regraft.errors.ConfigError`\\ s that name the key and the fix. ``RUN/config.yaml`` is
-``Config.to_yaml()`` of the resolved settings, and loading it back reproduces the run.
+Every setting of a run lives here, validated in one place. Unknown keys, wrong types, numbers
+out of range and non-finite numbers are :class:`~regraft.errors.ConfigError`\\ s that name the
+key and the fix; the CLI, recipes and ``rg.fit`` all pass through :meth:`Config.validate`.
+``RUN/config.yaml`` is ``Config.to_yaml()`` of the resolved settings, and loading it back
+reproduces the run.
+
+A file (a recipe, a run's ``config.yaml``) is data, possibly from a stranger: the permission keys
+in :data:`UNTRUSTED_KEYS` (``trust_checkpoint``, ``overwrite``) are dropped when a file is read,
+with a note; they count only when given on the command line or as a Python argument.
 
 Example:
     >>> cfg = Config.from_dict({"model": "resnet18", "epochs": 3})
@@ -14,15 +20,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
+import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from regraft.config._files import UNTRUSTED_KEYS, drop_untrusted, parse_override, read_recipe
+from regraft.config._values import coerce, parse_bytes
 from regraft.errors import ConfigError
 
-__all__ = ["Config", "load_config", "parse_override", "STRATEGIES", "OPTIMIZERS", "SCHEDULES"]
+__all__ = [
+    "Config", "load_config", "read_recipe", "drop_untrusted", "parse_override", "parse_bytes",
+    "STRATEGIES", "OPTIMIZERS", "SCHEDULES", "UNTRUSTED_KEYS",
+]
 
 STRATEGIES = ("auto", "scratch", "probe", "head", "partial", "full", "lp-ft", "gradual")
 OPTIMIZERS = ("sgd", "adamw")
@@ -30,6 +42,8 @@ SCHEDULES = ("constant", "cosine", "onecycle", "step")
 AUGMENTS = ("none", "light", "strong")
 PRECISIONS = ("auto", "no", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+TRACKERS = ("tensorboard", "mlflow")
 
 # Closed choices, checked in validate(); the error lists the valid values.
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -39,6 +53,42 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "augment": AUGMENTS,
     "precision": PRECISIONS,
     "device": DEVICES,
+}
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f"at least {_num(low)}"
+
+
+def _between(low: float, high: float, *, low_in: bool = True, high_in: bool = True) -> tuple[Callable[[Any], bool], str]:
+    def check(v: Any) -> bool:
+        return (v >= low if low_in else v > low) and (v <= high if high_in else v < high)
+
+    left = f"at least {_num(low)}" if low_in else f"above {_num(low)}"
+    right = f"at most {_num(high)}" if high_in else f"below {_num(high)}"
+    return check, f"{left} and {right}"
+
+
+_POSITIVE = ((lambda v: v > 0), "positive")
+# Numeric ranges, checked in validate() for values that are set (None means "default").
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": _at_least(1), "batch_size": _at_least(1), "grad_accum": _at_least(1),
+    "feature_views": _at_least(1), "partial_stages": _at_least(1), "step_size": _at_least(1),
+    "patience": _at_least(1), "workers": _at_least(0),
+    "img_size": _at_least(8), "seed": _between(0, 2**32 - 1),
+    "val_fraction": ((lambda v: 0.0 < v < 1.0), "between 0 and 1"),
+    "min_coverage": ((lambda v: 0.0 <= v <= 1.0), "between 0 and 1"),
+    "lr": _POSITIVE, "probe_l2": _POSITIVE, "time_budget": _POSITIVE, "head_lr_mult": _POSITIVE, "gamma": _POSITIVE,
+    "clip_grad": ((lambda v: v > 0), "a positive gradient norm (leave it unset not to clip)"),
+    "weight_decay": _at_least(0), "warmup_epochs": _at_least(0), "mixup": _at_least(0), "cutmix": _at_least(0),
+    "label_smoothing": _between(0, 1, high_in=False), "head_dropout": _between(0, 1, high_in=False),
+    "momentum": _between(0, 1, high_in=False), "ema": _between(0, 1, low_in=False, high_in=False),
+    "discriminative_lr": _between(0, 1, low_in=False), "layer_decay": _between(0, 1, low_in=False),
+    "crop_pct": _between(0, 1, low_in=False),
 }
 
 
@@ -141,8 +191,8 @@ class Config:
             if norm not in known:
                 close = difflib.get_close_matches(norm, known, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"{source}: unknown key '{key}'{hint}")
-            kwargs[norm] = _coerce(norm, value, hints[norm], source)
+                raise ConfigError(f"{source}: unknown key {str(key)!r}{hint}")
+            kwargs[norm] = coerce(norm, value, hints[norm], source)
         cfg = cls(**kwargs)
         cfg.validate(source=source)
         return cfg
@@ -159,23 +209,48 @@ class Config:
         return Config.from_dict(values, source=source)
 
     def validate(self, *, source: str = "config") -> None:
+        """Check closed choices, numeric ranges and combinations; the first problem is a ConfigError.
+
+        Raises:
+            ConfigError: names the key, the value received and what is expected.
+        """
         for key, choices in _CHOICES.items():
             value = getattr(self, key)
             if value not in choices:
                 raise ConfigError(
-                    f"{source}: {key} must be one of {', '.join(choices)}; got '{value}'"
+                    f"{source}: {key} must be one of {', '.join(choices)}; got {value!r}"
                 )
-        _positive(self, ("epochs", "batch_size", "grad_accum", "feature_views", "partial_stages", "step_size"), source)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"{source}: val_fraction must be between 0 and 1; got {self.val_fraction}")
-        if not 0.0 <= self.min_coverage <= 1.0:
-            raise ConfigError(f"{source}: min_coverage must be between 0 and 1; got {self.min_coverage}")
-        if self.lr is not None and self.lr <= 0:
-            raise ConfigError(f"{source}: lr must be positive; got {self.lr}")
-        if self.img_size is not None and self.img_size < 8:
-            raise ConfigError(f"{source}: img_size must be at least 8; got {self.img_size}")
+        for key, (check, text) in _RANGES.items():
+            value = getattr(self, key)
+            if value is not None and not check(value):
+                raise ConfigError(f"{source}: {key} must be {text}; got {value}")
+        self._validate_lists(source)
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"{source}: interpolation must be one of {', '.join(INTERPOLATIONS)}; got {self.interpolation!r}")
+        if self.cache_ram is not None:
+            parse_bytes(self.cache_ram, name=f"{source}: cache_ram")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256.strip()):
+            raise ConfigError(f"{source}: sha256 must be 64 hexadecimal digits (sha256sum FILE); got {self.sha256!r}")
         if self.train is not None and self.freeze is not None:
             raise ConfigError(f"{source}: give 'train' or 'freeze', not both")
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+            raise ConfigError(f"{source}: nesterov needs momentum above 0 with sgd; set momentum (e.g. 0.9) or drop nesterov")
+
+    def _validate_lists(self, source: str) -> None:
+        bad_width = [w for w in self.head_hidden if w < 1]
+        if bad_width:
+            raise ConfigError(f"{source}: head_hidden widths must be at least 1; got {self.head_hidden}")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and not values:
+                raise ConfigError(f"{source}: {key} must list one number per input channel (e.g. 3); got []")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ConfigError(f"{source}: std values must be positive; got {self.std}")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ConfigError(f"{source}: mean and std must have the same length; got {len(self.mean)} and {len(self.std)}")
+        unknown = [t for t in self.log if t not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"{source}: log must list trackers among {', '.join(TRACKERS)}; got {unknown[0]!r}")
 
     # ------------------------------------------------------------------ (de)serialisation
 
@@ -188,130 +263,24 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> Config:
-        return cls.from_dict(_read_yaml(path), source=str(path))
+    def from_yaml(cls, path: str | Path, *, notes: list[str] | None = None) -> Config:
+        """A recipe or run config file as a Config; permission keys are dropped (see :func:`read_recipe`)."""
+        return cls.from_dict(read_recipe(path, notes=notes), source=str(path))
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None, *, explicit: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | Path | None, overrides: dict[str, Any] | None = None, *,
+    explicit: dict[str, Any] | None = None, notes: list[str] | None = None,
+) -> Config:
     """Recipe file (optional) + flag overrides -> validated Config. Flags win over the file.
 
-    ``overrides`` skip None (a flag not given); ``explicit`` (``--set``) apply None too.
+    ``overrides`` skip None (a flag not given); ``explicit`` (``--set``) apply None too. The
+    file's permission keys (:data:`UNTRUSTED_KEYS`) are dropped; ``overrides`` and ``explicit``
+    come from the command line and may set them.
+
+    Args:
+        notes: when given, one line is appended per setting of the file that was ignored.
     """
-    base = _read_yaml(path) if path else {}
-    if not isinstance(base, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    base = read_recipe(path, notes=notes) if path else {}
     cfg = Config.from_dict(base, source=str(path) if path else "config")
     return cfg.merged(overrides or {}, explicit=explicit) if (overrides or explicit) else cfg
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` with a YAML-parsed value, for ``--set key=value`` flags."""
-    import yaml
-
-    if "=" not in text:
-        raise ConfigError(f"--set expects KEY=VALUE; got '{text}'")
-    key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
-
-
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({' '.join(str(exc).split())})") from exc
-    return data or {}
-
-
-def _positive(cfg: Config, keys: tuple[str, ...], source: str) -> None:
-    for key in keys:
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"{source}: {key} must be at least 1; got {getattr(cfg, key)}")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
-    """Check ``value`` against the annotation ``tp``, converting only lossless cases."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg, source)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0]
-    bad = ConfigError(f"{source}: '{key}' must be {_describe(tp)}; got {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str) and item_tp is str:
-            return [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        return [_coerce(key, v, item_tp, source) for v in value]
-    if origin is dict:
-        if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
-            value = dict(v.split("=", 1) for v in value)
-        if not isinstance(value, dict):
-            raise bad
-        return {str(k): str(v) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad
-    if tp is dict or tp is typing.Any:
-        return value
-    raise bad
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
-    if origin is dict:
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        tp, _type_name(tp)
-    )

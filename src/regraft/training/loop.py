@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from regraft.errors import TrainingError
+from regraft.inference.numerics import INFERENCE_NUMERICS
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -311,13 +312,10 @@ def evaluate(
     count = torch.zeros((), dtype=torch.float64, device=device)
     all_logits, all_targets = [], []
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        ctx = accelerator.autocast() if accelerator is not None else torch.autocast("cpu", enabled=False)
-        with ctx:
-            logits = model(x)
-        logits = logits.float()
+        y = y.to(device, non_blocking=True)
+        # the numerics of eval/predict/exports (fp32, channels_last), whatever training runs in:
+        # so that `regraft eval` reproduces these figures and exports agree with them
+        logits = INFERENCE_NUMERICS(model, x).to(device)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += _correct(logits, y)
         count += y.shape[0]

@@ -94,6 +94,19 @@ def test_the_model_card_reports_the_runs_figures_and_how_to_load(hf_folder):
     assert not {"url", "hf_hub_id", "tag", "license", "test_input_size"} & set(config["pretrained_cfg"])
 
 
+def test_the_older_timm_line_of_the_model_card_loads_the_same_model(run_dir, hf_folder):
+    import timm
+
+    card = (hf_folder / "README.md").read_text()
+    line = 'pretrained_cfg_overlay=dict(file="PATH/model.safetensors", num_classes=3)'
+    assert 'timm.create_model("test_resnet", pretrained=True, num_classes=3,' in card and line in card
+    model = timm.create_model("test_resnet", pretrained=True, num_classes=3,
+                              pretrained_cfg_overlay=dict(file=str(hf_folder / "model.safetensors"), num_classes=3)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), load_run(run_dir).model(x), atol=1e-5)
+
+
 def test_ema_weights_and_a_dropout_head_export_and_reload(tmp_path):
     import timm
 

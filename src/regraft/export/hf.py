@@ -131,10 +131,11 @@ def _reload(folder: Path, built: dict[str, Any]) -> tuple[nn.Module, str]:
     except (ValueError, RuntimeError) as exc:
         if "local-dir" not in str(exc) and "Unknown model" not in str(exc):
             raise
-    # timm before local-dir folders: the same weights through pretrained_cfg_overlay
-    model = timm.create_model(built["name"], pretrained=True, num_classes=built["kwargs"]["num_classes"],
-                              pretrained_cfg_overlay={"file": str(folder / WEIGHTS)})
-    return model.eval(), "timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=...))"
+    # timm before local-dir folders: the same weights through pretrained_cfg_overlay (its
+    # num_classes too: otherwise timm drops a classifier whose size differs from the source's)
+    n = built["kwargs"]["num_classes"]
+    model = timm.create_model(built["name"], pretrained=True, num_classes=n, pretrained_cfg_overlay={"file": str(folder / WEIGHTS), "num_classes": n})
+    return model.eval(), "timm.create_model(ARCH, pretrained=True, num_classes=N, pretrained_cfg_overlay=dict(file=..., num_classes=N))"
 
 
 def build_folder(card: dict[str, Any], model: nn.Module, *, extra: dict[str, Any], atol: float) -> tuple[dict[str, bytes], float, dict[str, Any]]:

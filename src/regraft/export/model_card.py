@@ -50,7 +50,7 @@ def _loading(details: dict[str, Any], card: dict[str, Any]) -> list[str]:
             "",
             "```python",
             f'model = timm.create_model("{details["architecture"]}", pretrained=True, num_classes={card["num_classes"]},',
-            '                          pretrained_cfg_overlay=dict(file="PATH/model.safetensors")).eval()',
+            f'                          pretrained_cfg_overlay=dict(file="PATH/model.safetensors", num_classes={card["num_classes"]})).eval()',
             "```",
         ]
     kwargs = ", ".join(f"{k}={v!r}" for k, v in details["builder_kwargs"].items())
@@ -83,8 +83,8 @@ def model_card(loaded: Any, *, details: dict[str, Any], summary: dict[str, Any] 
         "",
         f"# {run_name}: {details['architecture']} fine-tuned for {len(classes)} classes",
         "",
-        f"Fine-tuned with regraft from `{card.get('weights', '?')}` weights (strategy `{card.get('strategy', '?')}`); "
-        "this folder holds the run's "
+        (f"Fine-tuned with regraft from `{card.get('weights', '?')}` weights" if card.get("weights") not in (None, "none")
+         else "Trained with regraft from random weights") + f" (strategy `{card.get('strategy', '?')}`); this folder holds the run's "
         + ("**EMA weights** (`model_ema.safetensors`)." if weights == "ema" else "**best epoch's weights** (`model.safetensors`)."),
         "",
         "## Figures",

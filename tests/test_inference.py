@@ -151,9 +151,9 @@ def test_validation_eval_and_the_onnx_runtime_feed_identical_inputs(photos, tmp_
 
 def test_tta_views_are_the_centre_crop_its_mirror_and_the_corners():
     pixels = np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3)
-    flip = views(pixels, (32, 32), "flip")
+    flip = views(pixels, (32, 32), tta="flip")
     assert len(flip) == 2 and np.array_equal(flip[0], pixels[4:36, 9:41]) and np.array_equal(flip[1], flip[0][:, ::-1])
-    ten = views(pixels, (32, 32), TTA.FLIP_CROPS)
+    ten = views(pixels, (32, 32), tta=TTA.FLIP_CROPS)
     assert len(ten) == 10 and TTA.FLIP_CROPS.n_views == 10
     corners = [ten[i] for i in (2, 4, 6, 8)]
     for got, (t, left) in zip(corners, [(0, 0), (0, 18), (8, 0), (8, 18)], strict=True):

@@ -19,7 +19,7 @@ Test-time augmentation (:class:`TTA`): ``flip`` adds the mirrored centre crop (2
 Example:
     >>> import numpy as np
     >>> pixels = np.zeros((36, 48, 3), np.uint8)
-    >>> [v.shape for v in views(pixels, (32, 32), TTA.FLIP)]
+    >>> [v.shape for v in views(pixels, (32, 32), tta=TTA.FLIP)]
     [(32, 32, 3), (32, 32, 3)]
 """
 
@@ -114,7 +114,7 @@ def center_crop(pixels: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return crop(pixels, *crop_box(pixels.shape[0], pixels.shape[1], size), size)
 
 
-def views(pixels: np.ndarray, size: Sequence[int], tta: TTA | str = TTA.NONE) -> list[np.ndarray]:
+def views(pixels: np.ndarray, size: Sequence[int], *, tta: TTA | str = TTA.NONE) -> list[np.ndarray]:
     """The ``(h, w, 3)`` views of a resized image that :class:`TTA` ``tta`` averages; view 0 is the
     plain centre crop, each other crop is followed by its mirror image."""
     tta = TTA.parse(tta)

@@ -98,7 +98,7 @@ class OnnxClassifier:
     def load(self, path: str | Path, *, tta: TTA | str = TTA.NONE) -> np.ndarray:
         """A file -> its ``(views, 3, H, W)`` float32 inputs, decoded as evaluation decodes (view 0: plain)."""
         pixels = read_eval_pixels(path, self.resize)
-        return np.stack([to_input(v, self.scale, self.offset) for v in views(pixels, self.input_size, tta)])
+        return np.stack([to_input(v, self.scale, self.offset) for v in views(pixels, self.input_size, tta=tta)])
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on a preprocessed ``(N, 3, H, W)`` float32 batch."""

@@ -93,7 +93,7 @@ def _assemble(chunk: Sequence[Any], decoded: list[Any], transform: Any, tta: TTA
     h, w = transform.size
     out = [torch.empty((len(kept), 3, h, w), dtype=torch.float32) for _ in range(tta.n_views)]
     for i, (_item, pixels) in enumerate(kept):
-        for v, view in enumerate(views(pixels, transform.size, tta)):
+        for v, view in enumerate(views(pixels, transform.size, tta=tta)):
             chw = torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1)
             transform.normalize(chw, out=out[v][i])
     return Batch(out, [item for item, _ in kept], failed)

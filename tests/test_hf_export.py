@@ -121,6 +121,26 @@ def test_ema_weights_and_a_dropout_head_export_and_reload(tmp_path):
     export(run, format="hf", out=tmp_path / "out")  # an earlier hf export is replaced
 
 
+def test_frozen_batchnorm_layers_get_the_builders_counters_back(tmp_path):
+    import timm
+
+    from regraft.freezing import swap_frozen_bn
+    from regraft.runs import RunDir
+
+    run = make_run_folder(tmp_path / "frozen", classes=CLASSES, size=32)
+    card = json.loads((run / "model.json").read_text())
+    card["architecture"]["frozen_bn"] = ["bn1", "layer1.0.bn1"]
+    model = load_run(run).model
+    assert swap_frozen_bn(model, card["architecture"]["frozen_bn"]) == ["bn1", "layer1.0.bn1"]
+    RunDir(run).write_json("model.json", card)
+    RunDir(run).save_weights(model)
+    result = export(run, format="hf")
+    reloaded = timm.create_model(f"local-dir:{result.path}", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), load_run(run).model(x), atol=1e-5)
+
+
 def test_a_torchvision_run_gives_the_two_documented_lines(tmp_path):
     import torchvision
     from safetensors.torch import load_file

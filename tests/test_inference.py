@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from regraft.data.views import TTA, views
-from regraft.errors import ConfigError, RunError
+from regraft.errors import ConfigError, DataError, RunError
 from regraft.inference import INFERENCE_NUMERICS, Numerics, evaluate_run, load_run, predict
 from regraft.inference.numerics import eager, unwrap
 from tests.helpers import make_run_folder, run_cli, user_error
@@ -272,6 +272,12 @@ def test_predict_keeps_input_order_reports_unreadable_files_and_caps_topk(run_di
     assert len(results[0]["top"]) == 3 and abs(sum(t["prob"] for t in results[0]["top"]) - 1) < 1e-5
     with pytest.raises(ConfigError, match="--topk must be at least 1; got 0"):
         predict(run_dir, files, topk=0)
+    with pytest.raises(RunError, match=r"model\.json is a file, not a run folder"):
+        predict(run_dir / "model.json", files)
+    (tmp_path / "junk" / "red").mkdir(parents=True)
+    shutil.copy(bad, tmp_path / "junk" / "red" / "x.jpg")
+    with pytest.raises(DataError, match=r"none of the 1 images in .*junk could be decoded \(e\.g\. .*x\.jpg\)"):
+        evaluate_run(run_dir, data=str(tmp_path / "junk"), device="cpu")
 
 
 def test_eval_on_a_folder_gives_torchmetrics_figures(run_dir, photos):

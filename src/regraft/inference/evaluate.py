@@ -165,8 +165,9 @@ def evaluate_run(
             logits.append(forward_views(numerics, loaded.model, batch))
             targets += [int(label) for _, label in batch.items]
             sizes.append(len(batch.items))
-    k = len(loaded.classes)
-    views = torch.cat(logits) if logits else torch.zeros(0, tta.n_views, k)
+    if not logits:
+        raise DataError(f"none of the {len(samples)} images in {where} could be decoded (e.g. {skipped[0]}); run 'regraft scan' on it")
+    views = torch.cat(logits)
     y = torch.tensor(targets, dtype=torch.long)
     metrics = classification_metrics(views[:, 0], y, loaded.classes, batches=sizes)
     metrics.update({

@@ -171,6 +171,8 @@ def load_run(
     """
     choice = WeightsChoice.parse(weights)
     run = RunDir(path)
+    if run.path.exists() and not run.path.is_dir():
+        raise RunError(f"{run.path} is a file, not a run folder; pass the folder 'regraft train' wrote (it holds model.json)")
     if not run.path.is_dir():
         raise RunError(f"run folder not found: {run.path}")
     card = read_card(run)

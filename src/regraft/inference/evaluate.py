@@ -236,8 +236,8 @@ def predict(
         raise ConfigError(f"--topk must be at least 1; got {topk!r}")
     dev = resolve_device(device)
     numerics, tta = _numerics(precision), TTA.parse(tta)
+    loaded = _loaded(run, device=dev, weights=weights)  # the run first: it is the first thing named
     files = expand_paths(paths)
-    loaded = _loaded(run, device=dev, weights=weights)
     numerics.prepare(loaded.model)
     k = min(topk, len(loaded.classes))
     results: dict[int, dict[str, Any]] = {}

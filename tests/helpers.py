@@ -21,6 +21,7 @@ from tests.imagegen import make_image_folder
 __all__ = [
     "run_cli", "TINY", "ok", "user_error", "TinyResNet", "TinyVGG", "tiny_resnet", "make_image_folder",
     "make_messy_folder", "jpeg_bytes", "BAD_KINDS", "chromium", "CHROMIUM_PROBE", "images_loaded_in_chromium",
+    "make_run_folder",
 ]
 
 # ----------------------------------------------------------------------------- the CLI
@@ -96,6 +97,49 @@ class TinyVGG(nn.Module):
 def tiny_resnet() -> nn.Module:
     torch.manual_seed(0)
     return TinyResNet()
+
+
+# ----------------------------------------------------------------------------- run folders without training
+
+
+def make_run_folder(
+    path: Path, *, model: str = "timm:test_resnet", classes: list[str] | tuple[str, ...] = ("blue", "green", "red"),
+    size: int = 32, interpolation: str = "bicubic", head_hidden: tuple[int, ...] = (), head_dropout: float = 0.0,
+    surgery: list | None = None, ema: bool = False, seed: int = 0,
+) -> Path:
+    """A finished-looking run: model.json and model.safetensors (and model_ema.safetensors with
+    ``ema``) of a zoo model with a grafted head, no training. The head's weights are scaled up so
+    that top-1 is never a near tie."""
+    from regraft import surgery as rsurgery
+    from regraft import zoo
+    from regraft.config import Config
+    from regraft.runs import RunDir
+    from regraft.training.card import model_card
+
+    torch.manual_seed(seed)
+    ref = zoo.resolve(model)
+    net = zoo.build(ref)
+    head = rsurgery.replace_head(net, len(classes), hidden=head_hidden, dropout=head_dropout)
+    dcfg = zoo.DataConfig(input_size=(3, size, size), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation=interpolation, crop_pct=0.875)
+    if surgery:
+        rsurgery.apply(net, surgery, input_size=dcfg.input_size)
+        head = rsurgery.find_head(net)
+    with torch.no_grad():
+        for m in net.get_submodule(head).modules():
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(20)
+    cfg = Config(model=model, data=str(path.parent / "data"), weights="none", head_hidden=list(head_hidden),
+                 head_dropout=head_dropout, surgery=list(surgery or []))
+    run = RunDir(path)
+    run.path.mkdir(parents=True)
+    run.write_json("model.json", model_card(cfg, ref=ref, head=head, classes=list(classes), data_config=dcfg, strategy="full"))
+    run.save_weights(net.eval())
+    if ema:
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(0.5)
+        run.save_weights(net, "model_ema.safetensors")
+    return run.path
 
 
 # ----------------------------------------------------------------------------- awkward folders

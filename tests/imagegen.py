@@ -35,6 +35,11 @@ def make_image(colour, size: int, rng: np.random.Generator, mode: str = "RGB") -
     return img.convert(mode) if mode != "RGB" else img
 
 
+def make_photo(colour, rng: np.random.Generator, *, width: int = 300, height: int = 400) -> Image.Image:
+    """A ``width`` x ``height`` photo-like image, larger than test inputs (JPEG draft decoding applies)."""
+    return make_image(colour, max(width, height), rng).crop((0, 0, width, height))
+
+
 def make_image_folder(
     root: Path,
     *,

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from regraft.errors import ConfigError, ExportError, MissingDependencyError
 from regraft.export import ExportResult, export, predict_onnx
 from regraft.inference import load_run
-from regraft.runs import RunDir
+from tests.helpers import make_run_folder
 from tests.imagegen import class_colour, make_image
 
 pytest.importorskip("onnxruntime")
@@ -28,25 +27,8 @@ pytest.importorskip("onnxruntime")
 CLASSES = ["blue", "green", "red"]
 
 
-def make_run(path: Path, *, model: str, classes: list[str], size: int, interpolation: str = "bicubic") -> Path:
-    """A finished-looking run folder: model.json and model.safetensors, no training."""
-    from regraft import surgery, zoo
-    from regraft.config import Config
-    from regraft.training.card import model_card
-
-    torch.manual_seed(0)
-    ref = zoo.resolve(model)
-    net = zoo.build(ref)
-    head = surgery.replace_head(net, len(classes))
-    with torch.no_grad():  # spread the logits so that top-1 is never a near tie
-        net.get_submodule(head).weight.mul_(20)
-    dcfg = zoo.DataConfig(input_size=(3, size, size), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation=interpolation, crop_pct=0.875)
-    cfg = Config(model=model, data=str(path.parent / "data"), weights="none")
-    run = RunDir(path)
-    run.path.mkdir(parents=True)
-    run.write_json("model.json", model_card(cfg, ref=ref, head=head, classes=classes, data_config=dcfg, strategy="full"))
-    run.save_weights(net.eval())
-    return run.path
+def make_run(path: Path, *, model: str, classes: list[str], size: int, interpolation: str = "bicubic", **kw) -> Path:
+    return make_run_folder(path, model=model, classes=classes, size=size, interpolation=interpolation, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +221,7 @@ def test_export_whose_batch_axis_is_frozen_is_refused(run_dir, monkeypatch, tmp_
 
 
 def test_bad_options_say_what_is_expected(run_dir, tmp_path):
-    with pytest.raises(ConfigError, match="format must be one of onnx, torchscript, exported, safetensors; got 'tflite'"):
+    with pytest.raises(ConfigError, match="format must be one of onnx, torchscript, exported, safetensors, hf; got 'tflite'"):
         export(run_dir, format="tflite")
     with pytest.raises(ConfigError, match=r"torchscript export is written to a \.pt or \.ts or \.torchscript file; pass --out .*m\.pt"):
         export(run_dir, format="torchscript", out=tmp_path / "m.bin")
@@ -257,13 +239,19 @@ def test_onnx_without_its_model_json_says_how_to_fix(onnx_result, images, tmp_pa
 
 
 def test_onnx_preprocessing_crops_like_torchvision():
-    from regraft.export.runtime import _crop_box, _resized
+    from torchvision.transforms.v2 import functional as TF
 
-    assert _resized((300, 200), 256) == (384, 256)  # landscape: height to 256
-    assert _resized((200, 301), 256) == (256, 385)  # torchvision truncates the long side
-    assert _resized((50, 50), (20, 30)) == (30, 20)  # non-square inputs resize exactly
-    assert _crop_box((37, 40), (32, 32)) == (2, 4, 34, 36)  # round((37 - 32) / 2) = 2 (banker's)
-    assert Image.new("RGB", (30, 30)).crop(_crop_box((30, 30), (33, 33))).size == (33, 33)
+    from regraft.data.views import center_crop, crop_box, eval_resize
+
+    assert eval_resize((256, 256), 1.0, "bilinear").target(300, 200) == (384, 256)  # landscape: height to 256
+    assert eval_resize((256, 256), 1.0, "bilinear").target(200, 301) == (256, 385)  # torchvision truncates the long side
+    assert eval_resize((20, 30), 1.0, "bilinear").target(50, 50) == (30, 20)  # non-square inputs resize exactly
+    assert crop_box(40, 37, (32, 32)) == (4, 2)  # round((37 - 32) / 2) = 2 (banker's)
+    rng = np.random.default_rng(0)
+    for h, w, ch, cw in [(40, 37, 32, 32), (30, 30, 33, 33), (31, 50, 36, 20), (10, 12, 13, 7)]:
+        pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        want = TF.center_crop(torch.from_numpy(pixels).permute(2, 0, 1), [ch, cw]).permute(1, 2, 0).numpy()
+        assert np.array_equal(center_crop(pixels, (ch, cw)), want), (h, w, ch, cw)
 
 
 def test_predict_onnx_runs_without_importing_torch(onnx_result, images):
@@ -291,3 +279,70 @@ def test_onnx_falls_back_to_the_torchscript_exporter_when_capture_fails(run_dir,
     assert result.details["exporter"] == "torchscript" and result.max_abs_diff < 1e-4
     assert "falling back to the TorchScript-based one" in caplog.text
     assert json.loads(result.model_json.read_text())["exports"]["onnx"]["exporter"] == "torchscript"
+
+
+# ----------------------------------------------------------------------------- where exports may go
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_export_never_writes_over_another_runs_files(run_dir, tmp_path):
+    from regraft.runs import RUN_MARKER
+
+    run_a = make_run(tmp_path / "run_a", model="timm:test_resnet", classes=["a", "b"], size=32)
+    (run_a / RUN_MARKER).write_text("{}")
+    (run_a / "config.yaml").write_text("model: test_resnet\n")
+    before = _files(run_a)
+    for out in (run_a, f"{run_a / 'export'}/", f"{run_a / 'deep' / 'er'}/", run_a / "m.safetensors"):
+        with pytest.raises(ExportError, match=rf"refusing to export into .*: it belongs to another run \({run_a}\).*pass --out to a folder of its own"):
+            export(run_dir, format="safetensors", out=out)
+    with pytest.raises(ExportError, match=r"it belongs to the exported run's own folder"):
+        export(run_dir, format="safetensors", out=run_dir)  # would replace the run's own weights and card
+    assert _files(run_a) == before
+    # a folder with only a recipe called config.yaml is not a run; the run's own export/ is fine
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "config.yaml").write_text("model: resnet18\n")
+    assert export(run_dir, format="safetensors", out=f"{tmp_path / 'project' / 'deploy'}/").path.is_file()
+    assert export(run_dir, format="safetensors", out=f"{run_dir / 'export' / 'v2'}/").path.is_file()
+
+
+def test_export_into_a_folder_that_cannot_be_written_is_one_line(run_dir, tmp_path, monkeypatch):
+    from regraft.export import targets
+
+    def denied(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(targets, "atomic_write_bytes", denied)
+    with pytest.raises(ExportError, match=r"cannot write .*m\.safetensors: Permission denied; choose a writable --out"):
+        export(run_dir, format="safetensors", out=tmp_path / "m.safetensors")
+
+
+@pytest.mark.slow
+def test_cli_export_into_a_read_only_place_or_a_run_is_one_line(run_dir, tmp_path):
+    from tests.helpers import user_error
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a folder should be: read-only for every user, root included
+    user_error(_cli("export", str(run_dir), "--format", "safetensors", "--out", str(blocker / "sub" / "m.safetensors")), "cannot write")
+    user_error(_cli("export", str(run_dir), "--format", "safetensors", "--out", str(run_dir)), "refusing to export into")
+
+
+def test_onnx_beside_a_model_json_of_another_run_is_refused(onnx_result, images, tmp_path):
+    for name, change, match in [
+        ("size", lambda c: c["preprocessing"].update(input_size=[3, 64, 64]), r"describes input 3x64x64 but .*takes 3x32x32"),
+        ("classes", lambda c: c.update(classes=["a", "b"], num_classes=2), r"names 2 classes but .*outputs 3"),
+        ("broken", lambda c: c.pop("preprocessing"), r"is not a usable regraft model\.json: 'preprocessing' is missing"),
+    ]:
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(onnx_result.path, folder / "model.onnx")
+        card = json.loads(onnx_result.model_json.read_text())
+        change(card)
+        (folder / "model.json").write_text(json.dumps(card))
+        with pytest.raises(ExportError, match=match):
+            predict_onnx(folder / "model.onnx", [images])
+    from tests.helpers import user_error
+
+    user_error(_cli("predict", str(tmp_path / "classes" / "model.onnx"), str(images)), "names 2 classes but")

@@ -27,15 +27,10 @@ from torch.utils.data import Dataset
 
 from regraft.data._system import cpu_count
 from regraft.data.cache import CachedImages, DecodeCache
-from regraft.data.imageio import (
-    ImageDecodeError,
-    decode_resized,
-    load_image,
-    probe_image,
-    read_image_bytes,
-)
+from regraft.data.imageio import ImageDecodeError, load_image, probe_image
 from regraft.data.splits import DataSplits, Sample
 from regraft.data.transforms import ImageTransform
+from regraft.data.views import read_eval_pixels
 from regraft.errors import DataError
 
 try:
@@ -214,7 +209,7 @@ class ImageDataset(Dataset):
                 return pixels
         path = self.samples[index].path
         if isinstance(self.transform, ImageTransform):
-            return decode_resized(read_image_bytes(path), name=path, resize=self.transform.resize)
+            return read_eval_pixels(path, self.transform.resize)  # the one decode path (data.views)
         return load_image(path)
 
     def _note_skip(self, error: ImageDecodeError) -> None:

@@ -31,7 +31,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from regraft.data.imageio import ResizeSpec, decode_resized, read_image_bytes, resize_image, to_rgb
+from regraft.data.imageio import ResizeSpec, resize_image, to_rgb
+from regraft.data.views import crop_box, eval_resize, normalize_affine, read_eval_pixels
 from regraft.errors import ConfigError
 
 __all__ = ["AUGMENTS", "ImageTransform", "build_transforms", "mixup_cutmix", "DataConfigLike"]
@@ -90,18 +91,21 @@ class ImageTransform:
         return torch.mul(x, scale, out=out).add_(offset)
 
     def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(3, 1, 1)
-        offset = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)]).view(3, 1, 1)
-        return scale, offset
+        # the constants of regraft.data.views, which the torch-free ONNX runtime uses too
+        scale, offset = normalize_affine(self.mean, self.std)
+        return torch.from_numpy(scale).view(3, 1, 1), torch.from_numpy(offset).view(3, 1, 1)
 
     def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
         pixels = img if isinstance(img, np.ndarray) else self.pre(img)
         return self.normalize(self.post(pixels))
 
     def load(self, path: str) -> torch.Tensor:
-        """Decode a file the way the data loaders do (JPEG draft decoding included) and transform it."""
-        pixels = decode_resized(read_image_bytes(path), name=str(path), resize=self.resize)
-        return self.normalize(self.post(pixels))
+        """Decode a file the way the data loaders do (JPEG draft decoding included) and transform it.
+
+        For the evaluation transform this is the one decode path of validation, ``regraft eval``,
+        ``regraft predict`` and the ONNX runtime (:mod:`regraft.data.views`).
+        """
+        return self.normalize(self.post(read_eval_pixels(path, self.resize)))
 
     def describe(self) -> dict[str, Any]:
         """The preprocessing as plain values (for ``model.json`` and logs)."""
@@ -151,12 +155,7 @@ def build_transforms(
     interp = interpolation or data_config.interpolation
     interp = "bilinear" if interp == "random" else interp  # timm's train-time random choice
     pct = float(crop_pct if crop_pct is not None else data_config.crop_pct)
-    if not 0.0 < pct <= 1.0:
-        raise ConfigError(f"crop_pct must be in (0, 1]; got {pct}")
-    if h == w:
-        resize = ResizeSpec(shorter=int(h / pct), interpolation=interp)
-    else:
-        resize = ResizeSpec(exact=(int(h / pct), int(w / pct)), interpolation=interp)
+    resize = eval_resize((h, w), pct, interp)
     level = augment if train else "none"
     return ImageTransform((h, w), resize, mean_t, std_t, augment, train, _crop_stage((h, w), interp, level))
 
@@ -171,13 +170,23 @@ def _crop_stage(size: tuple[int, int], interp: str, level: str) -> Callable[[tor
 
 
 class _CenterCrop:
-    """``CenterCrop(size)`` on a ``(3, H, W)`` tensor (a view when the image is large enough)."""
+    """``CenterCrop(size)`` on a ``(3, H, W)`` tensor (a view when the image is large enough).
+
+    The offsets (and the zero padding of a crop larger than the image) come from
+    :func:`regraft.data.views.crop_box`, which the torch-free ONNX runtime crops with too.
+    """
 
     def __init__(self, size: tuple[int, int]) -> None:
         self.size = size
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return v2.functional.center_crop(img, list(self.size))
+        (ch, cw), (height, width) = self.size, img.shape[-2:]
+        top, left = crop_box(height, width, self.size)
+        if top < 0 or left < 0 or top + ch > height or left + cw > width:
+            pad_y, pad_x = max(-top, 0), max(-left, 0)
+            img = torch.nn.functional.pad(img, (pad_x, max(cw - width - pad_x, 0), pad_y, max(ch - height - pad_y, 0)))
+            top, left = max(top, 0), max(left, 0)
+        return img[..., top : top + ch, left : left + cw]
 
     def __repr__(self) -> str:
         return f"CenterCrop(size={self.size})"

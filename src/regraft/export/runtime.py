@@ -1,9 +1,9 @@
 """Running an exported ONNX classifier without torch: onnxruntime, numpy and Pillow only.
 
-The preprocessing is read from the ``model.json`` written beside the ``.onnx`` file and repeats
-what the run's evaluation transform does: shorter side resized to ``resize`` with the named
-interpolation (torchvision's ``Resize(int)`` rounding), centre crop to the input size (zero
-padding when the crop is larger, as torchvision pads), scale to [0, 1], normalise by mean/std.
+The preprocessing is read from the ``model.json`` written beside the ``.onnx`` file, checked
+against the graph (input size, number of outputs), and computed by :mod:`regraft.data.views`:
+the one decode path that training's validation and ``regraft eval``/``predict`` use, so the
+model sees the same input floats (JPEG draft decoding, resize, centre crop, normalisation).
 Nothing here imports torch, so a deployment needs only ``pip install 'regraft[export]'``.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,22 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from regraft.data.imageio import ImageDecodeError, resize_image, to_rgb
+from regraft.data.views import (
+    TTA,
+    center_crop,
+    eval_resize,
+    normalize_affine,
+    read_eval_pixels,
+    to_input,
+    views,
+)
 from regraft.errors import ExportError, MissingDependencyError
+from regraft.inference.card import card_problem
 
 __all__ = ["OnnxClassifier", "load_onnx", "predict_onnx", "require", "sidecar_path"]
 
 log = logging.getLogger(__name__)
-
-_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 def require(*modules: str, purpose: str) -> None:
@@ -61,6 +69,10 @@ def _find_sidecar(model_file: Path) -> Path:
 class OnnxClassifier:
     """An exported ONNX model with its class names and preprocessing (from its ``model.json``).
 
+    Files are decoded and cut exactly as ``regraft eval``/``predict`` and training's validation
+    do (:mod:`regraft.data.views`: JPEG draft decoding, the resize stage, torchvision's centre
+    crop offsets, the same float32 normalisation constants), so the model sees identical inputs.
+
     Example:
         >>> clf = load_onnx("runs/exp1/export/model.onnx")      # doctest: +SKIP
         >>> clf.predict(["cat.jpg"], topk=1)[0]["top"]            # doctest: +SKIP
@@ -74,59 +86,81 @@ class OnnxClassifier:
         self.classes: list[str] = list(card["classes"])
         pre = card["preprocessing"]
         self.input_size: tuple[int, int] = (int(pre["input_size"][1]), int(pre["input_size"][2]))
-        h, w = self.input_size
-        crop_pct = float(pre["crop_pct"])
-        # square inputs: shorter side to ``resize``; others: exactly (h, w) / crop_pct (as the run's transform)
-        self.resize: int | tuple[int, int] = (
-            int(pre.get("resize") or math.floor(h / crop_pct)) if h == w else (int(h / crop_pct), int(w / crop_pct))
-        )
-        self.interpolation = str(pre["interpolation"])
-        if self.interpolation not in _RESAMPLE:
-            raise ExportError(
-                f"{path}: model.json names interpolation '{self.interpolation}'; expected one of {', '.join(_RESAMPLE)}"
-            )
-        self.mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
+        self.resize = eval_resize(self.input_size, float(pre["crop_pct"]), str(pre["interpolation"]))
+        self.interpolation = self.resize.interpolation
+        self.scale, self.offset = normalize_affine(pre["mean"], pre["std"])
         self.input_name: str = session.get_inputs()[0].name
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """An RGB ``PIL.Image`` -> a normalised ``(3, H, W)`` float32 array."""
-        image = image if image.mode == "RGB" else image.convert("RGB")
-        size = _resized(image.size, self.resize)
-        if size != image.size:
-            image = image.resize(size, resample=_RESAMPLE[self.interpolation])
-        image = image.crop(_crop_box(image.size, self.input_size))
-        arr = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
-        return (arr - self.mean) / self.std
+        """An image you decoded yourself (``PIL.Image``) -> the normalised ``(3, H, W)`` float32 input."""
+        return to_input(center_crop(resize_image(to_rgb(image), self.resize), self.input_size), self.scale, self.offset)
+
+    def load(self, path: str | Path, *, tta: TTA | str = TTA.NONE) -> np.ndarray:
+        """A file -> its ``(views, 3, H, W)`` float32 inputs, decoded as evaluation decodes (view 0: plain)."""
+        pixels = read_eval_pixels(path, self.resize)
+        return np.stack([to_input(v, self.scale, self.offset) for v in views(pixels, self.input_size, tta=tta)])
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on a preprocessed ``(N, 3, H, W)`` float32 batch."""
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
-    def predict(self, paths: Sequence[str | Path], *, topk: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
-        """Top-k classes with probabilities, in the structure :func:`regraft.inference.predict` returns."""
+    def predict(self, paths: Sequence[str | Path], *, topk: int = 5, batch_size: int = 32, tta: TTA | str = TTA.NONE) -> list[dict[str, Any]]:
+        """Top-k classes with probabilities, in the structure :func:`regraft.inference.predict` returns.
+
+        ``tta`` averages the softmax probabilities of the views (``flip``, ``flip+crops``) as
+        ``regraft predict RUN --tta`` does; the exported model itself sees one view at a time.
+        """
         from regraft.data.files import expand_paths
 
+        tta = TTA.parse(tta)
         files = expand_paths(paths)
         k = max(1, min(topk, len(self.classes)))
         results: list[dict[str, Any]] = []
         for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            arrays: dict[int, np.ndarray] = {}
-            rows: list[dict[str, Any]] = []
-            for i, f in enumerate(chunk):
+            rows, inputs = [], {}
+            for i, f in enumerate(files[start : start + batch_size]):
                 try:
-                    arrays[i] = self.preprocess(_load_rgb(f))
+                    inputs[i] = self.load(f, tta=tta)
                     rows.append({"path": str(f)})
-                except Exception as exc:  # noqa: BLE001 - one bad file is reported, not fatal
-                    rows.append({"path": str(f), "error": f"cannot read image: {exc}"})
-            if arrays:
-                probs = _softmax(self.logits(np.stack(list(arrays.values()))))
-                for i, p in zip(arrays, probs, strict=True):
-                    order = np.argsort(-p, kind="stable")[:k]
-                    rows[i]["top"] = [{"class": self.classes[j], "prob": round(float(p[j]), 6)} for j in order]
+                except ImageDecodeError as exc:  # one bad file is reported, not fatal
+                    rows.append({"path": str(f), "error": f"cannot read image: {exc.reason}"})
+            if inputs:
+                stacked = np.stack(list(inputs.values()))  # (n, views, 3, H, W)
+                per_view = [_softmax(self.logits(stacked[:, v])) for v in range(stacked.shape[1])]
+                probs = np.mean(per_view, axis=0)
+                for j, i in enumerate(inputs):
+                    rows[i]["top"] = _top(probs[j], self.classes, k)
+                    if tta is not TTA.NONE:
+                        rows[i]["plain"] = _top(per_view[0][j], self.classes, 1)[0]
             results += rows
         return results
+
+
+def _top(p: np.ndarray, classes: Sequence[str], k: int) -> list[dict[str, Any]]:
+    order = np.argsort(-p, kind="stable")[:k]  # ties keep class order
+    return [{"class": classes[j], "prob": round(float(p[j]), 6)} for j in order]
+
+
+def _check_against_graph(path: Path, card_path: Path, card: dict[str, Any], session: Any) -> None:
+    """The ``model.json`` must describe this graph: its input size and its number of outputs."""
+    want = [int(v) for v in card["preprocessing"]["input_size"]]
+    dims = list(session.get_inputs()[0].shape)
+    if len(dims) != 4:
+        raise ExportError(f"{path} takes a {len(dims)}-D input, not an image batch (N, C, H, W); export the model again")
+    fixed = [(axis, int(d), w) for axis, (d, w) in enumerate(zip(dims[1:], want, strict=True), start=1) if isinstance(d, int)]
+    if any(d != w for _, d, w in fixed):
+        got = "x".join(str(d) if isinstance(d, int) else "?" for d in dims[1:])
+        raise ExportError(
+            f"{card_path} describes input {'x'.join(map(str, want))} but {path} takes {got}: the two files come from "
+            "different exports; export again with 'regraft export RUN --format onnx'"
+        )
+    out = list(session.get_outputs()[0].shape)
+    n = len(card["classes"])
+    if out and isinstance(out[-1], int) and out[-1] != n:
+        raise ExportError(
+            f"{card_path} names {n} classes but {path} outputs {out[-1]}: the two files come from different exports; "
+            "export again with 'regraft export RUN --format onnx'"
+        )
 
 
 def load_onnx(path: str | Path, *, providers: Sequence[str] | None = None) -> OnnxClassifier:
@@ -150,21 +184,31 @@ def load_onnx(path: str | Path, *, providers: Sequence[str] | None = None) -> On
     if not path.is_file():
         raise ExportError(f"no ONNX file at {path}; export one with 'regraft export RUN --format onnx'")
     card_path = _find_sidecar(path)
-    try:
-        card = json.loads(card_path.read_text())
-    except ValueError as exc:
-        raise ExportError(f"{card_path} is not valid JSON ({exc}); export the model again") from exc
-    missing = [key for key in ("classes", "preprocessing") if key not in card]
-    if missing:
-        raise ExportError(f"{card_path} has no {', '.join(missing)}: not a regraft model.json; export the model again")
+    card = _read_card(card_path)
     try:
         session = ort.InferenceSession(str(path), providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as exc:  # onnxruntime raises its own types for malformed files
         raise ExportError(f"onnxruntime cannot load {path} ({' '.join(str(exc).split())[:200]}); export it again") from exc
+    _check_against_graph(path, card_path, card, session)
     return OnnxClassifier(path, card, session)
 
 
-def predict_onnx(onnx_path: str | Path, paths: Sequence[str | Path], *, topk: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
+def _read_card(card_path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(card_path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ExportError(f"cannot read {card_path} ({exc.strerror or exc}); check its permissions") from None
+    except ValueError as exc:  # invalid JSON or not UTF-8
+        raise ExportError(f"{card_path} is not valid JSON ({exc}); export the model again") from None
+    problem = card_problem(card)
+    if problem:
+        raise ExportError(f"{card_path} is not a usable regraft model.json: {problem}; export the model again")
+    return card
+
+
+def predict_onnx(
+    onnx_path: str | Path, paths: Sequence[str | Path], *, topk: int = 5, batch_size: int = 32, tta: TTA | str = TTA.NONE
+) -> list[dict[str, Any]]:
     """Top-k classes for images or folders with an exported ONNX model (no torch needed).
 
     Args:
@@ -172,9 +216,11 @@ def predict_onnx(onnx_path: str | Path, paths: Sequence[str | Path], *, topk: in
         paths: image files or folders of images.
         topk: classes per image.
         batch_size: images per onnxruntime call.
+        tta: ``none``, ``flip`` or ``flip+crops``: average the views' probabilities.
 
     Returns:
-        One dict per image: ``path`` and ``top`` (``[{"class", "prob"}]``), or ``error``.
+        One dict per image: ``path`` and ``top`` (``[{"class", "prob"}]``; with ``tta`` also
+        ``plain``, the top-1 without it), or ``error``.
 
     Raises:
         MissingDependencyError, ExportError, DataError (no images found).
@@ -182,33 +228,10 @@ def predict_onnx(onnx_path: str | Path, paths: Sequence[str | Path], *, topk: in
     Example:
         >>> predict_onnx("runs/exp1/export/model.onnx", ["cat.jpg"], topk=1)   # doctest: +SKIP
     """
-    return load_onnx(onnx_path).predict(paths, topk=topk, batch_size=batch_size)
-
-
-def _resized(size: tuple[int, int], resize: int | tuple[int, int]) -> tuple[int, int]:
-    """``(width, height)`` after resizing: torchvision ``Resize(int)`` rounding, or exact ``(h, w)``."""
-    if isinstance(resize, tuple):
-        return resize[1], resize[0]
-    w, h = size
-    new_long = int(resize * max(w, h) / min(w, h))
-    return (resize, new_long) if w <= h else (new_long, resize)
-
-
-def _crop_box(size: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int, int, int]:
-    """torchvision ``CenterCrop`` offsets; a crop larger than the image pads evenly (PIL fills 0)."""
-    (w, h), (ch, cw) = size, crop
-    left = int(round((w - cw) / 2.0)) if w >= cw else -((cw - w) // 2)
-    top = int(round((h - ch) / 2.0)) if h >= ch else -((ch - h) // 2)
-    return left, top, left + cw, top + ch
+    return load_onnx(onnx_path).predict(paths, topk=topk, batch_size=batch_size, tta=tta)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
     z = np.exp(z - z.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
-
-
-def _load_rgb(path: Path) -> Any:
-    from regraft.data.imageio import load_image  # numpy + Pillow: the decoder training used
-
-    return load_image(path)

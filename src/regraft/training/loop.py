@@ -25,6 +25,7 @@ from torch import nn
 
 from regraft import rng
 from regraft.errors import TrainingError
+from regraft.inference.numerics import INFERENCE_NUMERICS
 from regraft.runs import RunDir
 from regraft.training import checkpoint
 from regraft.training.numerics import StepNumerics
@@ -159,7 +160,7 @@ class Stage:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, procs: Processes | None = None, collect: bool = False) -> EvalResult:
-    """Loss and accuracy of ``model`` over ``loader`` in the numerics of inference (fp32, no autocast).
+    """Loss and accuracy of ``model`` over ``loader`` in the numerics of inference (``INFERENCE_NUMERICS``).
 
     Args:
         model: the (possibly wrapped) model; put in eval mode and given back its mode afterwards.
@@ -173,9 +174,10 @@ def evaluate(model: nn.Module, loader: Iterable, *, procs: Processes | None = No
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     all_logits, all_targets = [], []
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=False):
-            logits = model(x.float() if x.is_floating_point() else x).float()
+        y = y.to(device, non_blocking=True)
+        # the numerics of eval/predict/exports (fp32, channels_last), whatever training runs in:
+        # so that `regraft eval` reproduces these figures and exports agree with them
+        logits = INFERENCE_NUMERICS(model, x.float() if x.is_floating_point() else x).to(device)
         totals[0] += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         totals[1] += correct(logits, y)
         totals[2] += y.shape[0]

@@ -224,7 +224,7 @@ def _fit_module(rest: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tens
 
     try:
         with torch.enable_grad():
-            final = float(opt.step(closure))
+            final = float(opt.step(closure).detach())
     finally:
         for p in params:
             p.requires_grad_(False)

@@ -92,7 +92,7 @@ class RichProgress(PlainProgress):
 
 def make_progress(quiet: bool = False) -> list[Callback]:
     # under torchrun / accelerate launch only the main process reports
-    if quiet or int(os.environ.get("RANK", "0")) != 0:
+    if quiet or os.environ.get("RANK", "0").strip() not in ("", "0"):
         return []
     if sys.stdout.isatty() and os.environ.get("REGRAFT_NO_PROGRESS") != "1":
         return [RichProgress()]

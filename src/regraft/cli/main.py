@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def main_process() -> bool:
+    """Whether this is the main process of a launch (``RANK`` unset or 0: torchrun, accelerate launch)."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _tolerant_streams()
     parser = build_parser()
@@ -92,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     debug = args.top_debug or getattr(args, "debug", False) or os.environ.get("REGRAFT_DEBUG") == "1"
-    if args.top_quiet:
-        args.quiet = True
+    if args.top_quiet or not main_process():
+        args.quiet = True  # under torchrun / accelerate launch only the main process reports
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -147,6 +147,10 @@ def config_from_args(args: argparse.Namespace):
 
 def _announce_file(notes: list[str], cfg: Any, *, source: str, weights_from_file: bool, quiet: bool) -> None:
     """Say, before anything is loaded, what a file asked for that needs the user's attention."""
+    from regraft.cli.main import main_process
+
+    if not main_process():  # the main process of a launch says it once
+        return
     for note in notes:  # printed even with -q: the user must know what a file was denied
         print(f"note: {note}", flush=True)
     origin = weights_origin(cfg.weights) if weights_from_file else None

@@ -102,7 +102,13 @@ def processes(device: str = "auto") -> Processes:
         raise TrainingError("--device mps was asked for but MPS is not available; use --device auto or cpu")
     from accelerate import PartialState
 
-    state = PartialState()  # a no-op when a launcher or the user already set it up
+    # a no-op when a launcher or the user already set it up; on a machine without a GPU,
+    # Accelerate starts several CPU processes (torchrun, accelerate launch) only when told cpu
+    on_cpu = device == "cpu" or not (torch.cuda.is_available() or (device in ("auto", "mps") and mps))
+    try:
+        state = PartialState(cpu=on_cpu)
+    except ValueError:  # the process already runs on a GPU (a launcher's or the user's state)
+        state = PartialState()
     if state.num_processes > 1:
         if device == "cpu" and state.device.type != "cpu":
             raise TrainingError("--device cpu under a GPU launcher: launch with 'accelerate launch --cpu' or drop --device")

@@ -94,7 +94,7 @@ def setup(
         model, len(classes), hidden=tuple(cfg.head_hidden), dropout=cfg.head_dropout, init=cfg.head_init,
         input_size=dcfg.input_size,
     )
-    report = _load_weights(cfg, model, strategy=strategy, head=head, notify=notify)
+    report = _load_weights(cfg, model, strategy=strategy, head=head, classes=classes, notify=notify)
     diff = None
     if cfg.surgery:
         diff = surgery.apply(model, cfg.surgery, input_size=dcfg.input_size)
@@ -137,7 +137,7 @@ def setup(
     )
 
 
-def _load_weights(cfg: Config, model: nn.Module, *, strategy: str, head: str, notify: Callable[[str], None]):
+def _load_weights(cfg: Config, model: nn.Module, *, strategy: str, head: str, classes: list[str], notify: Callable[[str], None]):
     from regraft.weights import check_coverage, is_pretrained, load_weights
 
     if strategy == "scratch" and is_pretrained(cfg.weights):
@@ -147,7 +147,7 @@ def _load_weights(cfg: Config, model: nn.Module, *, strategy: str, head: str, no
         return None
     report = load_weights(
         model, cfg.weights, rename=cfg.rename or None, skip=cfg.skip or None,
-        trust_checkpoint=cfg.trust_checkpoint, sha256=cfg.sha256, head=head,
+        trust_checkpoint=cfg.trust_checkpoint, sha256=cfg.sha256, head=head, keep_head=cfg.keep_head, classes=classes,
     )
     notify(f"weights: {cfg.weights} — trunk coverage {report.coverage:.1%}")
     if report.coverage < cfg.min_coverage:  # show what did and didn't load before refusing

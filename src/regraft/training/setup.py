@@ -99,7 +99,7 @@ def setup(
     if cfg.surgery:
         diff = surgery.apply(model, cfg.surgery, input_size=dcfg.input_size)
         head = surgery.find_head(model)
-    surgery.validate(model, input_size=dcfg.input_size)
+    surgery.check_output_width(model, num_classes=len(classes), input_size=dcfg.input_size)  # the model contract
     channels_last = engine.resolve_channels_last(cfg.channels_last, model, accelerator.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -72,7 +72,7 @@ def test_torchvision_rows_fit_their_models(cls):
 def test_timm_rows_fit_their_models_and_the_model_is_asked_first(key):
     model = timm.create_model(TIMM[key], num_classes=3)
     fam = families.declared(model)
-    assert fam is not None and fam.name == f"timm:{key}"
+    assert fam is not None and fam.name == f"timm:{key}" and families.family(model) == "timm"
     assert families.head_location(model) == model.pretrained_cfg["classifier"]
     assert families.forward_program(model)[1] == fam.forward
     assert all(step.startswith("<") or step in _paths(model) for step in fam.forward)
@@ -150,3 +150,9 @@ def test_a_trunk_cut_inside_a_stage_keeps_that_stage_partly():
     layout = dict(stages(model, head="head"))
     assert list(layout) == ["stem", "layer1", "layer2", "layer3"]
     assert not any(n.startswith("trunk.layer3.1") for n, _ in model.named_parameters())
+
+
+def test_no_weight_decay_is_asked_of_the_model():
+    vit = timm.create_model("test_vit", num_classes=3)
+    assert families.no_weight_decay(vit) == {"cls_token", "pos_embed"}  # reg/dist tokens: absent in this model
+    assert families.no_weight_decay(torchvision.models.resnet18()) == set()

@@ -55,7 +55,7 @@ from regraft.families._stages import (
 
 __all__ = [
     "Family", "FAMILIES", "Stage", "StageRule", "family", "declared", "identify", "head_location", "stages",
-    "fc_aliases", "partial_units", "forward_program", "TORCHVISION_HEADS", "FC_ALIAS_FAMILIES", "GRAFTED",
+    "fc_aliases", "partial_units", "forward_program", "no_weight_decay", "TORCHVISION_HEADS", "FC_ALIAS_FAMILIES", "GRAFTED",
     "FLATTEN", "POOL", "MEAN", "RELU", "DROP", "under", "cover", "param_names", "has_params", "vgg_fc",
 ]
 
@@ -185,9 +185,15 @@ def declared(model: nn.Module, *, ref: Any = None) -> Family | None:
 
 
 def family(model: nn.Module, *, ref: Any = None) -> str | None:
-    """The declared family's name (``torchvision:VGG``, ``timm``, ``grafted``...), None for a user's module."""
+    """``"torchvision:VGG"``, ``"timm"`` (any timm model), ``"grafted"`` or None for a user's module.
+
+    The first version's answer, kept as it was; :func:`declared` gives the table's row
+    (``timm:efficientnet.EfficientNet``).
+    """
     fam = declared(model, ref=ref)
-    return fam.name if fam is not None else None
+    if fam is None:
+        return None
+    return "timm" if fam.zoo == "timm" else fam.name
 
 
 def _stage_rule(model: nn.Module, ref: Any) -> tuple[Family | None, StageRule | None]:
@@ -322,3 +328,24 @@ def _declaring(cls: type) -> Family | None:
     if cls.__module__.startswith("timm.models"):
         return _TIMM.get(f"{cls.__module__.removeprefix('timm.models.')}.{cls.__name__}")
     return None
+
+
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Parameters the model says take no weight decay beyond norms and biases, asking timm models.
+
+    timm's ``no_weight_decay()`` names embeddings and tokens (``pos_embed``, ``cls_token``) whose
+    decay hurts; a name may be a parameter or a module holding parameters.
+
+    Returns:
+        Parameter names (empty for models that do not say).
+
+    Example:
+        >>> import timm
+        >>> sorted(no_weight_decay(timm.create_model("test_vit")))
+        ['cls_token', 'pos_embed']
+    """
+    ask = getattr(model, "no_weight_decay", None)
+    if not callable(ask):
+        return set()
+    names = {str(n) for n in ask()}
+    return {p for p, _ in model.named_parameters() if any(under(p, n) for n in names)}

@@ -17,7 +17,7 @@ class HeadStatus(str, enum.Enum):  # enum.StrEnum needs Python 3.11; regraft sup
     ``kept``: loaded into the model's head (``keep_head``, or a regraft run trained on the same
     classes in the same order). ``replaced``: it fits the model's head but what its classes mean
     is unknown, so it was withheld and the model's new head is used. ``dropped``: another class
-    count or layout; the model's new head is used. ``none``: the checkpoint has no classifier for
+    count or layout, or left out by ``--skip``; the model's new head is used. ``none``: the checkpoint has no classifier for
     the model's head, or the model has no head.
     """
 

@@ -101,3 +101,49 @@ def test_inspect_unknown_model_is_one_line(capsys):
     assert main(["inspect", "resnet1888"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("regraft: error: unknown model 'resnet1888'") and err.count("\n") == 1
+
+
+def _saved(tmp_path: Path, state: dict, name: str = "weights.pth") -> Path:
+    path = tmp_path / name
+    torch.save(state, path)
+    return path
+
+
+def test_inspect_weights_take_trains_rename_and_skip_from_flags_and_recipe(tmp_path: Path, capsys):
+    from regraft import zoo
+
+    state = {k.replace("layer", "stage"): v for k, v in zoo.build("timm:test_resnet").state_dict().items()}
+    path = _saved(tmp_path, state)
+    args = ["inspect", "timm:test_resnet", "--img-size", "32", "--depth", "0", "--weights", str(path), "--json"]
+    assert main([*args, "--rename", "stage{}=layer{}", "--skip", "layer4"]) == 0
+    report = json.loads(capsys.readouterr().out)["load_report"]
+    assert report["renamed"]["stage1.0.conv1.weight"] == "layer1.0.conv1.weight"
+    assert report["skipped"]["stage4.0.conv1.weight"] == "--skip layer4"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("rename: {'stage{}': 'layer{}'}\nkeep_head: true\nmin_coverage: 1.0\n")
+    assert main([*args, "--config", str(recipe)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["load_report"]["coverage"] == pytest.approx(1.0) and info["load_report"]["head_status"] == "kept"
+    assert info["notes"] == []
+
+
+def test_inspect_weights_need_and_take_trust_checkpoint(tmp_path: Path, capsys):
+    from regraft import zoo
+
+    path = _saved(tmp_path, zoo.build("timm:test_resnet"), "whole_model.pt")  # a pickled module
+    args = ["inspect", "timm:test_resnet", "--img-size", "32", "--depth", "0", "--weights", str(path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "refused to unpickle" in err and "--trust-checkpoint" in err and err.count("\n") == 1
+    assert main([*args, "--trust-checkpoint"]) == 0
+    out = capsys.readouterr().out
+    assert "trunk coverage       100.0%" in out and "head                 replaced" in out
+
+
+def test_inspect_says_when_train_would_refuse_the_weights(tmp_path: Path, capsys):
+    import timm
+
+    path = _saved(tmp_path, timm.create_model("test_efficientnet").state_dict())
+    assert main(["inspect", "timm:test_resnet", "--img-size", "32", "--depth", "0", "--weights", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["notes"] and info["notes"][0].startswith("train would refuse these weights: trunk coverage")

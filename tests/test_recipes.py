@@ -375,7 +375,9 @@ def test_backbone_neck(tmp_path, monkeypatch, offline_weights) -> None:
     # the backbone frozen, two LRs for the new layers: the neck at lr, the final Linear at 10x
     rows = audit_rows(run)
     assert_no_frozen_in_optimizer(rows)
-    assert [(r["group"], r["frozen_params"]) for r in rows if r["lr"] is None] == [("trunk", 2_782_784)]
+    # the trunk keeps ResNet-18's stages up to layer3 (extract keeps the stages of what it keeps)
+    frozen = [(r["group"], r["frozen_params"]) for r in rows if r["lr"] is None]
+    assert [g for g, _ in frozen] == ["stem", "layer1", "layer2", "layer3"] and sum(n for _, n in frozen) == 2_782_784
     by_lr: dict[float, int] = {}
     for r in trainable_rows(rows):
         by_lr[r["lr"]] = by_lr.get(r["lr"], 0) + r["trainable_params"]

@@ -11,13 +11,15 @@ Build MODEL (random weights unless --weights), run one dry forward pass at its i
 list every module: its dotted path (the name surgery, freezing and --train take), type, output
 shape, parameter count, whether it trains, and which module is the head.
 
-With --config RECIPE the recipe's head settings (with --num-classes) and 'surgery:' list are
-applied first and what changed is printed; a broken surgery names the module that no longer fits.
+The steps run in train's order and through train's code: the head for --num-classes, the
+weights (with the recipe's and the flags' rename/skip/keep_head, and --trust-checkpoint), then
+the recipe's 'surgery:' list; what changed is printed, a broken surgery names the module that no
+longer fits, and with --num-classes the output must have that many logits, as in training.
 
 Examples:
   regraft inspect resnet18 --depth 1
   regraft inspect vgg16 --img-size 64 --json
-  regraft inspect mobilenet_v2 --weights mobilenet_v2.pth
+  regraft inspect mobilenet_v2 --weights mobilenet_v2.pth --rename backbone.= --skip fc
   regraft inspect vgg16 --config recipe.yaml --num-classes 10
 """
 
@@ -29,30 +31,67 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, metavar="N", help="show modules at most N levels deep (default: all)")
     p.add_argument("--config", metavar="RECIPE", help="apply the recipe's head settings and surgery list first")
     p.add_argument("--num-classes", type=int, metavar="N", help="replace the head for N classes first")
+    p.add_argument("--rename", action="append", metavar="OLD=NEW", help="checkpoint key rename, as for train; repeatable")
+    p.add_argument("--skip", action="append", metavar="GLOB", help="leave checkpoint keys matching GLOB out, as for train; repeatable")
+    p.add_argument("--keep-head", action="store_true", help="load the checkpoint's classifier: its classes are yours")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow unpickling arbitrary objects from --weights (only for files you trust)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _load_report(model: Any, weights: str | None) -> tuple[Any, str | None]:
-    """(LoadReport or None, a note when the weights step was skipped)."""
+def _load_report(model: Any, weights: str | None, args: argparse.Namespace, cfg: Any) -> tuple[Any, list[str]]:
+    """(LoadReport or None, notes): the weights loaded with train's options, flags over the recipe."""
+    from regraft.errors import ConfigError
+    from regraft.weights import load_weights
+
     if not weights or weights.lower() == "none":
-        return None, None
-    try:
-        from regraft.weights import load_weights
-    except ImportError as exc:
-        return None, f"weights not loaded: regraft.weights is unavailable ({exc})"
-    return load_weights(model, weights), None
+        return None, []
+    rename = dict(cfg.rename) if cfg is not None else {}
+    for rule in args.rename or []:
+        if "=" not in rule:
+            raise ConfigError(f"--rename expects OLD=NEW; got '{rule}'")
+        old, new = rule.split("=", 1)
+        rename[old] = new
+    skip = [*(cfg.skip if cfg is not None else []), *(args.skip or [])]
+    report = load_weights(
+        model, weights, rename=rename or None, skip=skip or None, keep_head=bool(args.keep_head or (cfg is not None and cfg.keep_head)),
+        trust_checkpoint=bool(args.trust_checkpoint), sha256=cfg.sha256 if cfg is not None else None,
+    )
+    floor = cfg.min_coverage if cfg is not None else 0.9
+    if report.coverage < floor:
+        return report, [f"train would refuse these weights: trunk coverage {report.coverage:.1%} is below --min-coverage {floor:g}"]
+    return report, []
 
 
-def _ops(args: argparse.Namespace, cfg: Any) -> list[dict[str, Any]]:
-    ops: list[dict[str, Any]] = []
-    if args.num_classes is not None:
-        head: dict[str, Any] = {"op": "replace_head", "num_classes": args.num_classes}
-        if cfg is not None:
-            head.update(hidden=list(cfg.head_hidden), dropout=cfg.head_dropout, init=cfg.head_init)
-        ops.append(head)
+def _head_op(args: argparse.Namespace, cfg: Any) -> dict[str, Any] | None:
+    if args.num_classes is None:
+        return None
+    head: dict[str, Any] = {"op": "replace_head", "num_classes": args.num_classes}
     if cfg is not None:
-        ops += list(cfg.surgery)
-    return ops
+        head.update(hidden=list(cfg.head_hidden), dropout=cfg.head_dropout, init=cfg.head_init)
+    return head
+
+
+def _change(model: Any, args: argparse.Namespace, cfg: Any, weights: str | None, size: tuple[int, ...]) -> tuple[Any, Any, list[str]]:
+    """Train's order: the new head, the weights, the recipe's surgery, the model contract."""
+    from regraft import surgery
+    from regraft.surgery.diff import SurgeryDiff, snapshot
+
+    before = snapshot(model)
+    head_op = _head_op(args, cfg)
+    head_diff = surgery.apply(model, [head_op], input_size=size) if head_op else None
+    report, notes = _load_report(model, weights, args, cfg)
+    ops = list(cfg.surgery) if cfg is not None else []
+    ops_diff = surgery.apply(model, ops, input_size=size) if ops else None
+    if args.num_classes is not None:
+        surgery.check_output_width(model, num_classes=args.num_classes, input_size=size)
+    diffs = [d for d in (head_diff, ops_diff) if d is not None]
+    diff = diffs[0] if len(diffs) == 1 else None
+    if len(diffs) == 2:
+        diff = SurgeryDiff.between(
+            before, snapshot(model), ops=[*head_diff.ops, *ops_diff.ops],
+            out_shape_before=head_diff.out_shape_before, out_shape_after=ops_diff.out_shape_after,
+        )
+    return report, diff, notes
 
 
 def inspect_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,9 +112,7 @@ def inspect_model(args: argparse.Namespace) -> dict[str, Any]:
     img = args.img_size or (cfg.img_size if cfg is not None else None)
     dcfg = zoo.data_config(ref, weights=weights).with_overrides(img_size=img)
     size = tuple(dcfg.input_size)
-    report, note = _load_report(model, weights)
-    ops = _ops(args, cfg)
-    diff = surgery.apply(model, ops, input_size=size) if ops else None
+    report, diff, notes = _change(model, args, cfg, weights, size)
     rows = surgery.describe(model, input_size=size, depth=args.depth)
     return {
         "model": ref.name,
@@ -87,7 +124,7 @@ def inspect_model(args: argparse.Namespace) -> dict[str, Any]:
         "modules": [r.to_dict() for r in rows],
         "load_report": report.to_dict() if report is not None else None,
         "load_report_lines": report.format_lines() if report is not None else [],
-        "notes": [note] if note else [],
+        "notes": notes,
         "surgery": diff.to_dict() if diff is not None else None,
         "surgery_lines": diff.format_lines() if diff is not None else [],
     }

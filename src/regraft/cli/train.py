@@ -71,6 +71,7 @@ SWITCHES: list[tuple[str, str, bool, str]] = [
     ("--bn-eval", "bn_eval", True, "keep every BatchNorm's statistics fixed while training (default for lp-ft)"),
     ("--bn-train", "bn_eval", False, "let trainable BatchNorm layers update their statistics (also under lp-ft)"),
     ("--trust-checkpoint", "trust_checkpoint", True, "allow unpickling arbitrary objects from --weights (only for files you trust); a recipe or run config cannot set this"),
+    ("--keep-head", "keep_head", True, "load the checkpoint's classifier: its classes are yours (default: a new head, kept anyway for a regraft run with the same classes)"),
     ("--no-decode-cache", "decode_cache", False, "decode images every epoch instead of once"),
     ("--no-feature-cache", "feature_cache", False, "recompute frozen layers every epoch"),
     ("--overwrite", "overwrite", True, "replace the run in --out (deletes only the files that run wrote; a recipe cannot set this)"),

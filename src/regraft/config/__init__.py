@@ -125,6 +125,7 @@ class Config:
     rename: dict[str, str] = field(default_factory=dict)  # OLD=NEW key patterns
     skip: list[str] = field(default_factory=list)  # globs of checkpoint keys to leave out
     trust_checkpoint: bool = False  # allow unpickling arbitrary objects (only for files you trust)
+    keep_head: bool = False  # the checkpoint's classifier has your classes: load it (default: a new head; a regraft run with the same classes keeps it anyway)
     min_coverage: float = 0.9  # refuse to train when less of the trunk loaded
     sha256: str | None = None  # expected hash of a downloaded weights file
     # --- surgery and head

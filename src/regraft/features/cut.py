@@ -1,8 +1,9 @@
 """Where a network splits into a frozen prefix and a trainable rest (``regraft.features``).
 
 A *program* lists a family's forward pass as steps in order (module paths and the few functional
-ops between them, such as the flatten before ResNet's ``fc``). ``nn.Sequential`` steps are opened
-into their children, so the cut can fall inside a stage. The prefix is every step before the
+ops between them, such as the flatten before ResNet's ``fc``); the programs are facts of
+:mod:`regraft.families`, which also says when a model's forward is still its family's own.
+``nn.Sequential`` steps are opened into their children, so the cut can fall inside a stage. The prefix is every step before the
 first one holding a trainable parameter, less trailing dropout (it belongs to the head's
 training). Families without a program still cache when only the head trains: the prefix is the
 whole network up to the head's input, caught with a forward pre-hook.
@@ -19,44 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from regraft.families import DROP, FLATTEN, MEAN, POOL, RELU, forward_program
+
 log = logging.getLogger(__name__)
 
 Trainable = Callable[[str], bool] | Collection[str] | None
-
-_FLATTEN, _POOL, _MEAN, _RELU, _DROP = "<flatten>", "<avgpool>", "<mean>", "<relu>", "<dropout>"
-
-# torchvision classes -> their forward, step by step (models/<family>.py, torchvision 0.15+)
-_TORCHVISION: dict[str, tuple[str, ...]] = {
-    "ResNet": ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", _FLATTEN, "fc"),
-    "VGG": ("features", "avgpool", _FLATTEN, "classifier"),
-    "AlexNet": ("features", "avgpool", _FLATTEN, "classifier"),
-    "MobileNetV2": ("features", _POOL, _FLATTEN, "classifier"),
-    "MobileNetV3": ("features", "avgpool", _FLATTEN, "classifier"),
-    "EfficientNet": ("features", "avgpool", _FLATTEN, "classifier"),
-    "ConvNeXt": ("features", "avgpool", "classifier"),
-    "RegNet": ("stem", "trunk_output", "avgpool", _FLATTEN, "fc"),
-    "DenseNet": ("features", _RELU, _POOL, _FLATTEN, "classifier"),
-    "ShuffleNetV2": ("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5", _MEAN, "fc"),
-    "MNASNet": ("layers", _MEAN, "classifier"),
-    "SqueezeNet": ("features", "classifier", _FLATTEN),
-    "SwinTransformer": ("features", "norm", "permute", "avgpool", "flatten", "head"),
-    "MaxVit": ("stem", "blocks", "classifier"),
-}
-
-# timm classes -> forward_features then forward_head, step by step (timm 1.0)
-_TIMM: dict[str, tuple[str, ...]] = {
-    "resnet.ResNet": ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4", "global_pool", _DROP, "fc"),
-    "efficientnet.EfficientNet": ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool", _DROP, "classifier"),
-    "mobilenetv3.MobileNetV3": (
-        "conv_stem", "bn1", "blocks", "global_pool", "conv_head", "norm_head", "act2", "flatten", _DROP, "classifier",
-    ),
-    "convnext.ConvNeXt": (
-        "stem", "stages", "norm_pre", "head.global_pool", "head.norm", "head.flatten", "head.pre_logits", "head.drop", "head.fc",
-    ),
-}
-
-# the heads whose forward the ConvNeXt program spells out
-_TIMM_HEADS = {"convnext.ConvNeXt": ("head", "NormMlpClassifierHead")}
 
 
 @dataclass
@@ -179,23 +147,6 @@ def trainable_names(model: nn.Module, trainable: Trainable) -> set[str]:
     return set(trainable) & set(names)
 
 
-def _program(model: nn.Module) -> tuple[str, tuple[str, ...]] | None:
-    """The family's name and forward steps when ``model``'s forward is one regraft knows."""
-    if type(model) is nn.Sequential:
-        return "nn.Sequential", tuple(name for name, _ in model.named_children())
-    for cls in type(model).__mro__:
-        mod = cls.__module__
-        if mod.startswith("torchvision.models") and cls.__name__ in _TORCHVISION:
-            same = all(getattr(type(model), f, None) is getattr(cls, f, None) for f in ("forward", "_forward_impl"))
-            return (f"torchvision {cls.__name__}", _TORCHVISION[cls.__name__]) if same else None
-        key = f"{mod.removeprefix('timm.models.')}.{cls.__name__}"
-        if mod.startswith("timm.models") and key in _TIMM:
-            same = all(getattr(type(model), f) is getattr(cls, f) for f in ("forward", "forward_features", "forward_head"))
-            head_ok = key not in _TIMM_HEADS or type(model.get_submodule(_TIMM_HEADS[key][0])).__name__ == _TIMM_HEADS[key][1]
-            return (f"timm {cls.__name__}", _TIMM[key]) if same and head_ok else None
-    return None
-
-
 def _timm_dropout(model: nn.Module) -> nn.Module | None:
     head_drop = getattr(model, "head_drop", None)
     if isinstance(head_drop, nn.Dropout):
@@ -205,9 +156,9 @@ def _timm_dropout(model: nn.Module) -> nn.Module | None:
 
 
 def _op(token: str, model: nn.Module) -> nn.Module | None:
-    if token == _DROP:
+    if token == DROP:
         return _timm_dropout(model)
-    return {_FLATTEN: _Flatten, _POOL: _GlobalAvgPool, _MEAN: _SpatialMean, _RELU: _ReLU}[token]()
+    return {FLATTEN: _Flatten, POOL: _GlobalAvgPool, MEAN: _SpatialMean, RELU: _ReLU}[token]()
 
 
 def _expand(path: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -289,7 +240,7 @@ def explain_cut(model: nn.Module, *, trainable: Trainable = None, head: str | No
     train = trainable_names(model, trainable)
     if not train:
         return None, "no parameter trains"
-    found = _program(model)
+    found = forward_program(model)
     if found is not None:
         family, program = found
         try:

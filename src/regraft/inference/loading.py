@@ -184,10 +184,26 @@ def load_run(
     if not wpath.is_file():
         raise RunError(f"{run.path} is not a finished run: {choice.file} is missing")
     built = build_model_from_card(card, model=model, where=run.path / "model.json")
+    _check_contract(run, built, card)
     state = read_weights(wpath)
     load_weights_into(built, state, where=wpath)
     built.to(device).eval()
     return LoadedRun(run, built, card, weights=choice)
+
+
+def _check_contract(run: RunDir, model: nn.Module, card: dict[str, Any]) -> None:
+    """The model contract for a loaded run: one logit per class its model.json names."""
+    from regraft import surgery
+    from regraft.errors import SurgeryError
+
+    classes = card.get("classes")
+    if not isinstance(classes, list) or len(classes) != card.get("num_classes"):
+        raise RunError(f"{run.path}/model.json: 'classes' does not list num_classes={card.get('num_classes')} names; "
+                       "the run folder is damaged, train it again")
+    try:
+        surgery.check_output_width(model, num_classes=len(classes), input_size=tuple(card["preprocessing"]["input_size"]))
+    except SurgeryError as exc:
+        raise RunError(f"{run.path} cannot predict its {len(classes)} classes: {exc}; train it again with that fixed") from exc
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from torch import nn
 
 from regraft.config import Config
 from regraft.errors import ConfigError
+from regraft.families import partial_units
 from regraft.freezing import (
     FreezePlan,
     apply_bn_policy,
@@ -221,18 +222,7 @@ def format_audit(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _partial_units(names: list[str]) -> list[list[str]]:
-    # VGG/AlexNet's fc1 and fc2 form one unit: the pretrained classifier MLP
-    units: list[list[str]] = []
-    for name in names:
-        if name == "fc2" and units and units[-1] == ["fc1"]:
-            units[-1].append(name)
-        else:
-            units.append([name])
-    return units
-
-
-def _initial_spec(strategy: Strategy, cfg: Config, names: list[str], schedule: UnfreezeSchedule | None) -> dict[str, Any]:
+def _initial_spec(strategy: Strategy, cfg: Config, units: list[list[str]], schedule: UnfreezeSchedule | None) -> dict[str, Any]:
     if cfg.train is not None or cfg.freeze is not None or cfg.freeze_to is not None:
         return {"train": cfg.train, "freeze": cfg.freeze, "freeze_to": cfg.freeze_to}
     if cfg.unfreeze and schedule is not None:
@@ -242,7 +232,6 @@ def _initial_spec(strategy: Strategy, cfg: Config, names: list[str], schedule: U
         return {"train": ["all"]}
     if strategy in (Strategy.HEAD, Strategy.GRADUAL, Strategy.PROBE):
         return {"train": ["head"]}
-    units = _partial_units(names)
     if cfg.partial_stages > len(units):
         log.warning("partial_stages=%d but the model has %d stages: training all of them", cfg.partial_stages, len(units))
     chosen = [n for unit in units[-cfg.partial_stages:] for n in unit] if units else []
@@ -320,7 +309,8 @@ def plan(
     layout = stages(model, head=head)
     names = [n for n, _ in layout]
     schedule = _schedule(strategy, cfg, model, layout)
-    fplan = freeze(model, **_initial_spec(strategy, cfg, names, schedule), train_bn=cfg.train_bn, head=head)
+    units = partial_units(model, names)  # VGG/AlexNet's fc1 + fc2 (the pretrained MLP) are one unit
+    fplan = freeze(model, **_initial_spec(strategy, cfg, units, schedule), train_bn=cfg.train_bn, head=head)
     wake = schedule.wake_epochs(model, head=head, initial=fplan.trainable) if schedule else dict.fromkeys(fplan.trainable, 0)
     if cfg.frozen_bn:
         never = [p for p in fplan.bn_eval if not any(under(n, p) for n in wake)]

@@ -5,6 +5,8 @@ Paths are the names ``named_modules()`` gives (``layer4.1.conv2``, ``classifier.
 Every operation works in place; with an input size known (given, or a zoo model's own) each
 change is followed by a dry forward pass and undone if the model no longer runs, with a
 :class:`~regraft.errors.ShapeError` that names the first module whose input did not fit.
+:func:`check_output_width` is the model contract (``num_classes`` logits out), checked after
+every change to the network and when a run is loaded.
 
 The recipe's ``surgery:`` list runs through :func:`apply` (see ``docs/surgery.md``).
 
@@ -31,6 +33,7 @@ from typing import Any
 from torch import nn
 
 from regraft.errors import SurgeryError
+from regraft.surgery.contract import check_output_width
 from regraft.surgery.diff import SurgeryDiff, snapshot
 from regraft.surgery.graft import Grafted, extract
 from regraft.surgery.heads import HeadInit, find_head, replace_head
@@ -42,7 +45,7 @@ from regraft.surgery.specs import suggest
 
 __all__ = [
     "get", "resolve_path", "aliases", "replace", "insert_before", "insert_after", "delete", "extract",
-    "find_head", "replace_head", "apply", "validate", "describe", "SurgeryDiff", "ModuleInfo",
+    "find_head", "replace_head", "apply", "validate", "check_output_width", "describe", "SurgeryDiff", "ModuleInfo",
     "HeadInit", "Grafted", "OPS",
 ]
 

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from regraft import families
 from regraft.errors import SurgeryError
-from regraft.families import GRAFTED, family
+from regraft.families import GRAFTED
 from regraft.surgery.diff import short
 from regraft.surgery.heads import find_head
 from regraft.surgery.names import resolve_path
@@ -38,14 +39,19 @@ log = logging.getLogger(__name__)
 
 
 class Grafted(nn.Module):
-    """A trunk cut out of a network with a new head on top: ``head(trunk(x))``."""
+    """A trunk cut out of a network with a new head on top: ``head(trunk(x))``.
+
+    ``trunk_stages`` holds the source model's stages (paths inside the trunk), so that freezing
+    and the strategies still see ``layer1``, ``layer2``... of what the trunk kept.
+    """
 
     regraft_family = GRAFTED  # how regraft.families recognises it
 
-    def __init__(self, trunk: nn.Module, head: nn.Module) -> None:
+    def __init__(self, trunk: nn.Module, head: nn.Module, *, trunk_stages: list[tuple[str, list[str]]] | None = None) -> None:
         super().__init__()
         self.trunk = trunk
         self.head = head
+        self.trunk_stages = list(trunk_stages or [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x))
@@ -67,7 +73,7 @@ def _fx_trunk(model: nn.Module, path: str) -> nn.Module | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if family(model) == "timm":
+            if getattr(families.declared(model), "zoo", None) == "timm":
                 from timm.layers import create_feature_extractor
             else:
                 from torchvision.models.feature_extraction import create_feature_extractor
@@ -200,9 +206,14 @@ def graft_in_place(
     Linear for ``num_classes`` (default: the old head's output count).
     """
 
-    if num_classes is None and head is None:
-        old = lookup(model, find_head(model))
+    try:
+        old_head: str | None = find_head(model)
+    except SurgeryError:
+        old_head = None
+    if num_classes is None and head is None and old_head is not None:
+        old = lookup(model, old_head)
         num_classes = getattr(old, "out_features", None) or getattr(old, "out_channels", None)
+    kept_stages = families.stages(model, head=old_head)  # before the cut: the trunk keeps their names
     trunk = extract(model, upto=upto, input_size=input_size)
     features = validate(trunk, input_size=input_size)
     spec = head if head is not None else _default_head(features, num_classes, upto)
@@ -210,7 +221,7 @@ def graft_in_place(
     device, dtype = model_device(model)
     new_head.to(device=device, dtype=dtype)
     keep = {k: v for k, v in model.__dict__.items() if k == "regraft_ref"}
-    fresh = Grafted(trunk, new_head)
+    fresh = Grafted(trunk, new_head, trunk_stages=kept_stages)
     model.__dict__.clear()
     model.__dict__.update(fresh.__dict__)
     model.__dict__.update(keep)

@@ -1,7 +1,8 @@
 """Finding the final classifier of a network and grafting a new one for N classes.
 
-Known families name where their classifier lives (torchvision by class, timm through the
-``classifier`` entry of the pretrained config); from there the search descends through
+Where a known family's classifier lives is a fact of :mod:`regraft.families` (torchvision by
+class, timm by asking the model: its pretrained config's ``classifier``, ``get_classifier``);
+from there the search descends through
 containers (``classifier`` -> ``classifier.6``, timm's ``head`` -> ``head.fc``) to the last
 Linear or convolution, so that pooling, norms and flattening stay in place. A head that
 :func:`replace_head` made is marked and found as a whole (``fc`` rather than ``fc.3`` when it
@@ -18,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from regraft.errors import SurgeryError
-from regraft.families import GRAFTED, TORCHVISION_HEADS, family
+from regraft.families import declared, head_location
 from regraft.surgery.diff import short
 from regraft.surgery.paths import canonical, join_path, lookup, parent_of, set_child, split_path
 from regraft.surgery.shapes import default_input_size, probe, validate
@@ -56,8 +57,6 @@ def is_new_head(module: nn.Module) -> bool:
     return module.__dict__.get(_HEAD_MARK) is True
 
 
-
-
 def _descend(model: nn.Module, path: str) -> str:
     """From a module or container, down to the last Linear/conv child (a marked head stops it)."""
     module = lookup(model, path)
@@ -70,21 +69,6 @@ def _descend(model: nn.Module, path: str) -> str:
             break
         path, module = join_path(path, keys[-1]), module._modules[keys[-1]]
     return path
-
-
-def _timm_head(model: nn.Module) -> str | None:
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    name = cfg.get("classifier") if isinstance(cfg, dict) else None
-    if isinstance(name, (list, tuple)):  # distilled models: (head, head_dist); the first is the class head
-        name = name[0] if name else None
-    if name and lookup(model, name) is not None:
-        return name
-    if hasattr(model, "get_classifier"):
-        target = model.get_classifier()
-        for path, module in model.named_modules():
-            if module is target and path:
-                return path
-    return None
 
 
 def _last_linear(model: nn.Module, input_size: Sequence[int] | None) -> str | None:
@@ -140,19 +124,12 @@ def find_head(model: nn.Module, *, ref: Any = None, input_size: Sequence[int] | 
         >>> find_head(torchvision.models.vgg11())
         'classifier.6'
     """
-    ref = ref if ref is not None else getattr(model, "regraft_ref", None)
-    fam = family(model, ref=ref)
-    start = None
-    if fam == GRAFTED:
-        start = "head"
-    elif fam and fam.startswith("torchvision:"):
-        start = TORCHVISION_HEADS[fam.split(":", 1)[1]]
-    elif fam == "timm":
-        start = _timm_head(model)
-    if start is not None and lookup(model, start) is not None:
+    start = head_location(model, ref=ref)
+    if start is not None:
         return _descend(model, start)
+    fam = declared(model, ref=ref)
     if fam is not None:
-        log.info("%s has no '%s' any more; looking for its last Linear layer", type(model).__name__, start)
+        log.info("%s (%s) has no '%s' any more; looking for its last Linear layer", type(model).__name__, fam.name, fam.head)
     found = _last_linear(model, input_size)
     if found is None:
         raise SurgeryError(

@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from regraft.errors import SurgeryError
-from regraft.families import FC_ALIAS_FAMILIES, family
+from regraft.families import fc_aliases
 from regraft.surgery.heads import find_head
 from regraft.surgery.paths import _child_key, canonical, split_path
 
@@ -24,8 +24,8 @@ def aliases(model: nn.Module, *, ref: Any = None) -> dict[str, str]:
     """Short names a model's paths also answer to.
 
     ``head`` is the final classifier (:func:`regraft.surgery.find_head`) for every model. VGG and
-    AlexNet add ``fc1``, ``fc2``, ... for the Linear layers directly inside ``classifier``, counted
-    in order, so ``fc1`` is ``classifier.0`` and ``fc2`` ``classifier.3`` on an unchanged VGG and
+    AlexNet (and modules laid out like them; :func:`regraft.families.fc_aliases`) add ``fc1``,
+    ``fc2``, ... for the Linear layers directly inside ``classifier``, counted in order, so ``fc1`` is ``classifier.0`` and ``fc2`` ``classifier.3`` on an unchanged VGG and
     they follow the layers when a dropout before them is deleted.
 
     Args:
@@ -35,10 +35,7 @@ def aliases(model: nn.Module, *, ref: Any = None) -> dict[str, str]:
     Returns:
         alias -> canonical path. Aliases never shadow real children.
     """
-    table: dict[str, str] = {}
-    if family(model, ref=ref) in FC_ALIAS_FAMILIES and isinstance(model._modules.get("classifier"), nn.Sequential):
-        linears = [k for k, m in model._modules["classifier"]._modules.items() if isinstance(m, nn.Linear)]
-        table.update({f"fc{i}": f"classifier.{k}" for i, k in enumerate(linears, start=1)})
+    table = fc_aliases(model, ref=ref)
     with contextlib.suppress(SurgeryError):
         table["head"] = find_head(model, ref=ref)
     return {k: v for k, v in table.items() if k not in model._modules}

@@ -180,7 +180,7 @@ def lr_find_run(cfg: Config, *, out: str | Path, start_lr: float = 1e-7, end_lr:
                                  model=built.model, device_flag=cfg.device)
         notify = logging.getLogger(__name__).info
         data = setup.setup_data(cfg, built, decisions=decisions, procs=procs, run=run, notify=notify)
-        net = setup.setup_model(cfg, built, num_classes=len(data.classes), decisions=decisions,
+        net = setup.setup_model(cfg, built, classes=data.classes, decisions=decisions,
                                 data_config=data.data_config, notify=notify)
         plan = strategies.plan(net.model, strategy=decisions.strategy, cfg=cfg, steps_per_epoch=max(1, data.steps_per_epoch),
                                head=net.head)

@@ -148,7 +148,7 @@ class _Sequence:
     def execute(self, built: setup.Built, *, resumed: ResumeState | None) -> RunResult:
         cfg, procs = self.cfg, self.procs
         self.data = setup.setup_data(cfg, built, decisions=self.decisions, procs=procs, run=self.run, notify=self.notify)
-        self.net = setup.setup_model(cfg, built, num_classes=len(self.data.classes), decisions=self.decisions,
+        self.net = setup.setup_model(cfg, built, classes=self.data.classes, decisions=self.decisions,
                                      data_config=self.data.data_config, notify=self.notify)
         plan = self._plan(self.decisions, epochs=cfg.epochs)
         card = cards.model_card(cfg, ref=built.ref, head=self.net.head, classes=self.data.classes,

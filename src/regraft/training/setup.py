@@ -151,25 +151,26 @@ def make_loaders(train_ds: Any, val_ds: Any, *, cfg: Config, procs: Processes) -
 
 
 def setup_model(
-    cfg: Config, built: Built, *, num_classes: int, decisions: Decisions, data_config: zoo.DataConfig,
+    cfg: Config, built: Built, *, classes: list[str], decisions: Decisions, data_config: zoo.DataConfig,
     notify: Callable[[str], None],
 ) -> NetSetup:
-    """The new head for ``num_classes``, the pretrained weights, the recipe's surgery, each checked.
+    """The new head for ``classes``, the pretrained weights, the recipe's surgery, then the model
+    contract: exactly ``len(classes)`` logits out (one check, once the network is complete).
 
     Raises:
         ModelError / SurgeryError / WeightsError / CoverageError: as the step that failed says.
     """
     model = built.model
     head = surgery.replace_head(
-        model, num_classes, hidden=tuple(cfg.head_hidden), dropout=cfg.head_dropout, init=_head_init(cfg, decisions),
+        model, len(classes), hidden=tuple(cfg.head_hidden), dropout=cfg.head_dropout, init=_head_init(cfg, decisions),
         input_size=data_config.input_size,
     )
-    report = _load_weights(cfg, model, decisions=decisions, head=head, notify=notify)
+    report = _load_weights(cfg, model, decisions=decisions, head=head, classes=classes, notify=notify)
     diff = None
     if cfg.surgery:
         diff = surgery.apply(model, cfg.surgery, input_size=data_config.input_size)
         head = surgery.find_head(model)
-    surgery.validate(model, input_size=data_config.input_size)
+    surgery.check_output_width(model, num_classes=len(classes), input_size=data_config.input_size)  # the model contract
     return NetSetup(model=model, head=head, load_report=report, surgery_diff=diff)
 
 
@@ -182,7 +183,8 @@ def _head_init(cfg: Config, decisions: Decisions) -> str:
     return cfg.head_init
 
 
-def _load_weights(cfg: Config, model: nn.Module, *, decisions: Decisions, head: str, notify: Callable[[str], None]):
+def _load_weights(cfg: Config, model: nn.Module, *, decisions: Decisions, head: str, classes: list[str],
+                  notify: Callable[[str], None]):
     from regraft.weights import check_coverage, is_pretrained, load_weights
 
     if not decisions.loads_weights and is_pretrained(cfg.weights):
@@ -192,7 +194,7 @@ def _load_weights(cfg: Config, model: nn.Module, *, decisions: Decisions, head: 
         return None
     report = load_weights(
         model, cfg.weights, rename=cfg.rename or None, skip=cfg.skip or None,
-        trust_checkpoint=cfg.trust_checkpoint, sha256=cfg.sha256, head=head,
+        trust_checkpoint=cfg.trust_checkpoint, sha256=cfg.sha256, head=head, keep_head=cfg.keep_head, classes=classes,
     )
     notify(f"weights: {cfg.weights} — trunk coverage {report.coverage:.1%}")
     if report.coverage < cfg.min_coverage:  # show what did and didn't load before refusing

@@ -2,22 +2,24 @@
 
 :func:`load_weights` reads a checkpoint from any source (``DEFAULT``, a torchvision enum name,
 a timm/Hugging Face hub tag, a local file, a URL, or a state dict), matches its tensors to the
-model's keys in a fixed order (exact names after removing wrappers, rename rules, position,
-shape adaptation, ``--skip``), loads what fits and returns a :class:`LoadReport`.
+model's keys in a fixed order (exact names after removing wrappers and a prefix change that
+fits nearly everything, rename rules, position, shape adaptation, ``--skip``), loads what fits
+and returns a :class:`LoadReport`. A name match whose neighbours clash is refused, and a
+classifier of the right size is withheld unless its classes are known to be the caller's.
 :func:`check_coverage` refuses a load that filled too little of the trunk. See docs/weights.md.
 
 Example:
     >>> from torch import nn
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2))
     >>> report = load_weights(net, {"module." + k: v for k, v in net.state_dict().items()}, head="2")
-    >>> report.coverage
-    1.0
+    >>> report.coverage, str(report.head_status)
+    (1.0, 'replaced')
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +27,15 @@ import torch
 from torch import nn
 
 from regraft.errors import RegraftError, WeightsError
+from regraft.weights._head import head_outcome, keeps_meaning, run_classes
 from regraft.weights._matching import adapt_conv, match_state_dict
 from regraft.weights._rename import parse_rules
-from regraft.weights._report import LoadReport, check_coverage
+from regraft.weights._report import HeadStatus, LoadReport, check_coverage
 from regraft.weights._safe_load import read_file, unwrap_state_dict
 from regraft.weights._sources import is_none, is_pretrained, locate, sha256_of
 from regraft.zoo import ModelRef
 
-__all__ = ["load_weights", "read_state_dict", "LoadReport", "check_coverage", "adapt_conv", "is_pretrained"]
+__all__ = ["load_weights", "read_state_dict", "LoadReport", "HeadStatus", "check_coverage", "adapt_conv", "is_pretrained"]
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +65,17 @@ def read_state_dict(
         >>> read_state_dict({"state_dict": {"w": torch.zeros(2)}})["w"].shape
         torch.Size([2])
     """
-    tensors, _, _ = _read(source, trust_checkpoint=trust_checkpoint, arch=_as_ref(arch), sha256=sha256)
+    tensors, _, _, _ = _read(source, trust_checkpoint=trust_checkpoint, arch=_as_ref(arch), sha256=sha256)
     return tensors
 
 
-def _read(source: Source, *, trust_checkpoint: bool, arch: ModelRef | None, sha256: str | None) -> tuple[dict[str, torch.Tensor], str, str | None]:
+def _read(
+    source: Source, *, trust_checkpoint: bool, arch: ModelRef | None, sha256: str | None,
+) -> tuple[dict[str, torch.Tensor], str, str | None, Path | None]:
+    """(tensors, where they came from, their container, the local file when there is one)."""
     if isinstance(source, (Mapping, nn.Module)):
         tensors, container = unwrap_state_dict(source, where="the given state dict")
-        return tensors, "<state dict>", container
+        return tensors, "<state dict>", container, None
     located = locate(str(source), arch=arch, sha256=sha256)
     if sha256 and not located.verified:
         actual = sha256_of(located.path)
@@ -77,7 +83,7 @@ def _read(source: Source, *, trust_checkpoint: bool, arch: ModelRef | None, sha2
             raise WeightsError(f"{located.path}: sha256 is {actual}, expected {sha256.lower()}; check the file or the --sha256 value")
     obj = read_file(located.path, trust_checkpoint=trust_checkpoint)
     tensors, container = unwrap_state_dict(obj, where=str(located.path))
-    return tensors, located.description, container
+    return tensors, located.description, container, located.path
 
 
 def load_weights(
@@ -92,6 +98,8 @@ def load_weights(
     head: str | None = None,
     adapt_first_conv: bool = True,
     min_coverage: float | None = None,
+    keep_head: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> LoadReport:
     """Load pretrained weights into ``model`` in place, matching keys and reporting every decision.
 
@@ -109,12 +117,19 @@ def load_weights(
             count; None asks :func:`regraft.surgery.find_head`; ``""`` means no head.
         adapt_first_conv: adapt the first conv to a different number of input channels.
         min_coverage: when given, call :func:`check_coverage` before returning.
+        keep_head: load the checkpoint's classifier into the head when it fits (its classes are
+            yours). Otherwise a classifier of the right size is withheld, because what its
+            outputs mean is unknown, and ``report.head_status`` says ``replaced``.
+        classes: your class names in order; weights from a regraft run (its folder, or its
+            ``model.safetensors`` with ``model.json`` beside it) trained on exactly these keep
+            their head without ``keep_head``.
 
     Returns:
         The :class:`LoadReport`.
 
     Raises:
-        WeightsError: the source cannot be found, fetched or read, or a rule is malformed.
+        WeightsError: the source cannot be found, fetched or read, a rule is malformed, or
+            ``keep_head`` was asked but the checkpoint's classifier does not fill the head.
         UnsafeCheckpointError: the file needs ``trust_checkpoint=True``.
         CoverageError: ``min_coverage`` was given and not reached.
     """
@@ -125,21 +140,28 @@ def load_weights(
     head_path, head_note = _head_path(target, head)
     label = "<state dict>" if isinstance(source, (Mapping, nn.Module)) else str(source)
     if isinstance(source, (str, Path)) and is_none(str(source)):
-        tensors, resolved, container = {}, "no weights", None
+        tensors, resolved, container, path = {}, "no weights", None, None
     else:
-        tensors, resolved, container = _read(source, trust_checkpoint=trust_checkpoint, arch=ref, sha256=sha256)
+        tensors, resolved, container, path = _read(source, trust_checkpoint=trust_checkpoint, arch=ref, sha256=sha256)
+    run = run_classes(path)
     state = target.state_dict()
     shapes = {k: tuple(v.shape) for k, v in state.items()}
+    counters = {k for k, v in state.items() if not v.is_floating_point()}
     matched = match_state_dict(
         tensors, shapes, head=head_path, rules=rules, skip=globs,
-        first_conv=_first_conv(target, shapes), adapt_first_conv=adapt_first_conv,
-        counters={k for k, v in state.items() if not v.is_floating_point()},
+        first_conv=_first_conv(target, shapes), adapt_first_conv=adapt_first_conv, counters=counters,
+        keep_head=keeps_meaning(keep_head=keep_head, run=run, classes=classes),
+    )
+    head_keys = [k for k in shapes if head_path and k not in counters and (k == head_path or k.startswith(head_path + "."))]
+    status, reason = (HeadStatus.NONE, "no weights loaded") if not tensors else head_outcome(
+        matched, head=head_path, head_keys=head_keys, keep_head=keep_head, run=run, classes=classes,
     )
     if matched.assign:
         with torch.no_grad():
             target.load_state_dict(matched.assign, strict=False)
     report = _report(target, matched, label=label, resolved=resolved, container=container, head=head_path)
     report.checkpoint_tensors = len(tensors)
+    report.head_status, report.head_reason = status, reason
     if head_note:
         report.notes.append(head_note)
     log.info("%s", report.summary())

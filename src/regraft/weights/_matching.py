@@ -1,11 +1,14 @@
 """Pair checkpoint tensors with model keys, in a fixed order, remembering how each pair was made.
 
 1. exact names, after removing wrapper prefixes (``module.``, ``_orig_mod.``) and the one
-   prefix change (Lightning's ``model.``, ...) that makes the most names line up;
+   prefix change (Lightning's ``model.``, ...) that fits nearly all the tensors it moves (90% by
+   element count); a name match whose neighbours clash is refused (``_names``);
 2. the user's rename rules, for what is still unmatched;
-3. by position, when the remaining names don't line up but the sequence of shapes does;
-4. shapes: equal shapes load; the old head is dropped when the class count changed; the first
-   conv is adapted to another channel count; anything else is *mismatched*;
+3. by position, when the remaining names don't line up but the sequence of shapes does
+   (``_position``);
+4. shapes: equal shapes load; in the head, a checkpoint classifier of the right size loads only
+   when its classes are known to be the same (``keep_head``), one with another class count is
+   dropped; the first conv is adapted to another channel count; anything else is *mismatched*;
 5. ``--skip`` globs leave chosen pairs out.
 
 ``num_batches_tracked`` counters carry no learned values: they load with their BatchNorm when
@@ -17,24 +20,28 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
-from regraft.weights._rename import RenameRule, apply_rules
+from regraft.weights._names import WRAPPERS, Pair, pair_by_name, refuse_isolated, strip_wrappers
+from regraft.weights._position import is_nbt, pair_by_position, under
+from regraft.weights._rename import RenameRule
 
-__all__ = ["Matched", "match_state_dict", "WRAPPERS"]
+__all__ = ["Matched", "match_state_dict", "adapt_conv", "WRAPPERS", "strip_wrappers"]
 
 log = logging.getLogger(__name__)
 
-WRAPPERS = ("module.", "_orig_mod.")  # DataParallel/DDP, torch.compile
-_NBT = "num_batches_tracked"
+HEAD_WITHHELD = "old head: withheld; it fits the model's head, but what its classes mean is unknown (--keep-head loads it)"
 
 
 @dataclass
 class Matched:
-    """What :func:`match_state_dict` decided; ``assign`` is what gets loaded."""
+    """What :func:`match_state_dict` decided; ``assign`` is what gets loaded.
+
+    ``head_loaded`` (model keys) and ``head_withheld`` (checkpoint keys) say what became of a
+    checkpoint classifier that fits; one that does not is in ``skipped`` as an ``old head``.
+    """
 
     assign: dict[str, torch.Tensor] = field(default_factory=dict)
     loaded: list[str] = field(default_factory=list)
@@ -47,156 +54,8 @@ class Matched:
     prefixes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # checkpoint key -> name after prefix changes
-
-
-@dataclass
-class _Pair:
-    ckpt: str
-    target: str
-    step: str  # "name" | "rename" | "position"
-
-
-def _is_nbt(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] == _NBT
-
-
-def _under(key: str, path: str | None) -> bool:
-    return bool(path) and (key == path or key.startswith(path + "."))
-
-
-def strip_wrappers(key: str) -> str:
-    """``module._orig_mod.fc.weight`` -> ``fc.weight``; ``_orig_mod.`` is removed anywhere."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPERS:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key.replace("._orig_mod.", ".")
-
-
-def _prefixes(keys: list[str], depth: int) -> list[str]:
-    counts: Counter[str] = Counter()
-    for key in keys:
-        parts = key.split(".")[:-1]
-        for n in range(1, min(depth, len(parts)) + 1):
-            counts[".".join(parts[:n]) + "."] += 1
-    return [p for p, _ in counts.most_common(12)]
-
-
-def _best_prefix_change(names: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]]) -> tuple[str, str]:
-    """The (strip, add) prefix pair that puts the most checkpoint tensors onto model keys of their shape."""
-    def score(strip: str, add: str) -> int:
-        return sum(
-            1 for n, shape in names.items()
-            if n.startswith(strip) and shapes.get(add + n[len(strip) :]) == shape
-        )
-
-    best, best_score = ("", ""), score("", "")
-    # only prefixes most keys share: a wrapper, not a rename of one layer (that is --rename's job)
-    shared = [p for p in _prefixes(list(names), 3) if 2 * sum(n.startswith(p) for n in names) >= len(names)]
-    for strip in ["", *shared]:
-        for add in ["", *_prefixes(list(shapes), 2)]:
-            if strip == add:
-                continue
-            s = score(strip, add)
-            if s > best_score:
-                best, best_score = (strip, add), s
-    return best
-
-
-def _pair_by_name(ckpt: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], rules: list[RenameRule], out: Matched) -> list[_Pair]:
-    model_keys = set(shapes)
-    stripped = {k: strip_wrappers(k) for k in ckpt}
-    removed = sorted({k[: len(k) - len(s)] for k, s in stripped.items() if s != k and k.endswith(s)} - {""})
-    out.prefixes += [f"removed wrapper prefix '{p}'" for p in removed]
-    strip, add = _best_prefix_change({s: tuple(ckpt[k].shape) for k, s in stripped.items()}, shapes)
-    if strip:
-        out.prefixes.append(f"removed prefix '{strip}'")
-    if add:
-        out.prefixes.append(f"added prefix '{add}'")
-    pairs: list[_Pair] = []
-    taken: set[str] = set()
-    for key, name in stripped.items():
-        candidate = add + name[len(strip) :] if name.startswith(strip) else name
-        out.names[key] = candidate
-        target = candidate if candidate in model_keys else (name if name in model_keys else None)
-        if target is not None and target not in taken:
-            pairs.append(_Pair(key, target, "name"))
-            taken.add(target)
-    used: set[str] = set()
-    paired = {p.ckpt for p in pairs}
-    for key, name in stripped.items():
-        if key in paired or not rules:
-            continue
-        target = apply_rules(rules, name, used)
-        if target == name:
-            target = apply_rules(rules, key, used)
-        if target in model_keys and target not in taken and target != name:
-            pairs.append(_Pair(key, target, "rename"))
-            taken.add(target)
-    for rule in rules:
-        if str(rule) not in used:
-            out.notes.append(f"rename rule {rule} matched no checkpoint key")
-            log.warning("rename rule %s matched no checkpoint key", rule)
-    return pairs
-
-
-def _pair_by_position(
-    ckpt: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], pairs: list[_Pair], *,
-    head: str | None, counters: set[str], fits, out: Matched,
-) -> list[_Pair]:
-    """Pair what is left in order, where one window of the checkpoint lines up with the trunk."""
-    paired, taken = {p.ckpt for p in pairs}, {p.target for p in pairs}
-    # integer tensors (BatchNorm counters, index tables) hold nothing learned: not in the sequence
-    left = [k for k in ckpt if k not in paired and ckpt[k].is_floating_point()]
-    free = [k for k in shapes if k not in taken and k not in counters]
-    trunk = [k for k in free if not _under(k, head)]
-    heads = [k for k in free if _under(k, head)]
-    if not left or not (trunk or heads):
-        return []
-    start = _window(left, trunk, fits)
-    if start is None:
-        out.notes.append(
-            f"{len(left)} checkpoint tensors match no model key by name and their shapes do not line up "
-            f"with the model's {len(trunk)} unmatched trunk tensors in one way only, so none was matched by position"
-        )
-        return []
-    n = len(trunk) if trunk else max(0, len(left) - len(heads))
-    start = start if trunk else n
-    new = [_Pair(c, m, "position") for c, m in zip(left[start : start + len(trunk)], trunk, strict=True)]
-    tail = left[start + len(trunk) :] if trunk else left[n:]
-    in_file = [k for k in ckpt if ckpt[k].is_floating_point()]
-    # the leftover tail is taken for the checkpoint's classifier only when it ends the file
-    ends_file = bool(tail) and tail == in_file[len(in_file) - len(tail) :]
-    if ends_file and len(tail) == len(heads) and all(
-        ckpt[c].dim() == len(shapes[m]) for c, m in zip(tail, heads, strict=True)
-    ):
-        new += [_Pair(c, m, "position") for c, m in zip(tail, heads, strict=True)]
-    elif ends_file and trunk and heads:
-        for key in tail:  # what follows a whole trunk is the checkpoint's classifier
-            out.skipped[key] = "old head: the model's head was replaced (after the trunk matched by position)"
-    for pair in list(new):  # BatchNorm counters follow their running_mean
-        if pair.ckpt.endswith("running_mean") and pair.target.endswith("running_mean"):
-            c, m = pair.ckpt[: -len("running_mean")] + _NBT, pair.target[: -len("running_mean")] + _NBT
-            if c in ckpt and c not in paired and m in shapes and m not in taken:
-                new.append(_Pair(c, m, "position"))
-    if new:
-        log.info("matched %d checkpoint tensors to the model by position (names differ, shapes line up)", len(new))
-    return new
-
-
-def _window(left: list[str], trunk: list[str], fits) -> int | None:
-    """Where ``trunk`` lines up in ``left``: at the start, or at the one offset a long run fits."""
-    n = len(trunk)
-    if n == 0:
-        return 0
-    if len(left) >= n and all(fits(c, m) for c, m in zip(left[:n], trunk, strict=True)):
-        return 0
-    if n < 4:  # a short run could line up by chance anywhere
-        return None
-    starts = [o for o in range(1, len(left) - n + 1) if all(fits(c, m) for c, m in zip(left[o : o + n], trunk, strict=True))]
-    return starts[0] if len(starts) == 1 else None
+    head_loaded: list[str] = field(default_factory=list)
+    head_withheld: list[str] = field(default_factory=list)
 
 
 def _adaptable(src: tuple[int, ...], want: tuple[int, ...]) -> bool:
@@ -208,6 +67,10 @@ def adapt_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
 
     Repeating the RGB filters and scaling by ``3 / channels`` keeps the response to an image
     whose channels all carry the same signal equal to the pretrained one.
+
+    Example:
+        >>> adapt_conv(torch.ones(8, 3, 3, 3), 1).shape
+        torch.Size([8, 1, 3, 3])
     """
     if channels == 1:
         return weight.sum(dim=1, keepdim=True)
@@ -222,14 +85,15 @@ def _class_count_changed(src: tuple[int, ...], want: tuple[int, ...]) -> bool:
 
 
 def _resolve_shapes(
-    ckpt: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], pairs: list[_Pair], *,
-    head: str | None, first_conv: str | None, adapt: bool, out: Matched,
+    ckpt: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], pairs: list[Pair], *,
+    head: str | None, first_conv: str | None, adapt: bool, keep_head: bool, out: Matched,
 ) -> None:
     for pair in pairs:
         src, want = ckpt[pair.ckpt], shapes[pair.target]
         have = tuple(src.shape)
+        in_head = under(pair.target, head)
         if have != want:
-            if _under(pair.target, head) and _class_count_changed(have, want):
+            if in_head and _class_count_changed(have, want):
                 out.skipped[pair.ckpt] = f"old head: {have[0]} classes, the model's {pair.target} has {want[0]}"
                 log.info("dropped the checkpoint's head %s: class count changed (%d -> %d)", pair.ckpt, have[0], want[0])
                 continue
@@ -240,6 +104,12 @@ def _resolve_shapes(
             out.adapted[pair.target] = f"{list(have)} -> {list(want)}: {how}"
             log.info("adapted first conv %s from %d to %d input channels", pair.target, have[1], want[1])
             src = adapt_conv(src, want[1])
+        elif in_head and not keep_head and src.is_floating_point():
+            out.skipped[pair.ckpt] = HEAD_WITHHELD
+            out.head_withheld.append(pair.ckpt)
+            continue
+        if in_head:
+            out.head_loaded.append(pair.target)
         out.assign[pair.target] = src
         if pair.step == "name":
             out.loaded.append(pair.target)
@@ -260,6 +130,7 @@ def match_state_dict(
     ckpt: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], *,
     head: str | None = None, rules: list[RenameRule] | None = None, skip: list[str] | None = None,
     first_conv: str | None = None, adapt_first_conv: bool = True, counters: set[str] | None = None,
+    keep_head: bool = False,
 ) -> Matched:
     """Decide which checkpoint tensor loads into which model key (see the module docstring).
 
@@ -272,18 +143,27 @@ def match_state_dict(
         first_conv: the model key of the first convolution's weight, which may be adapted.
         adapt_first_conv: allow that adaptation.
         counters: model keys of integer buffers (BatchNorm counters), left out of position matching.
+        keep_head: load a checkpoint classifier that fits the model's head (its classes are
+            known to be the user's); otherwise it is withheld.
 
     Returns:
         The decisions; ``assign`` maps model keys to the tensors to load.
     """
     out = Matched()
-    def fits(c: str, m: str) -> bool:
+
+    def fits_exact(c: str, m: str) -> bool:
         have = tuple(ckpt[c].shape)
         return have == shapes[m] or (adapt_first_conv and m == first_conv and _adaptable(have, shapes[m]))
 
-    pairs = _pair_by_name(ckpt, shapes, rules or [], out)
+    def fits(c: str, m: str) -> bool:  # what a right pairing may show: also an old head of another size
+        return fits_exact(c, m) or (under(m, head) and _class_count_changed(tuple(ckpt[c].shape), shapes[m]))
+
     counters = set(counters or ())
-    pairs += _pair_by_position(ckpt, shapes, pairs, head=head, counters=counters, fits=fits, out=out)
+    pairs = pair_by_name(ckpt, shapes, rules or [], counters=counters, fits=fits, names=out.names, prefixes=out.prefixes, notes=out.notes)
+    pairs = refuse_isolated(pairs, shapes, fits=fits, notes=out.notes)
+    pairs += pair_by_position(
+        ckpt, shapes, pairs, head=head, counters=counters, fits=fits_exact, notes=out.notes, skipped=out.skipped,
+    )
     globs = list(skip or [])
     kept = []
     for pair in pairs:
@@ -292,7 +172,7 @@ def match_state_dict(
             kept.append(pair)
         else:
             out.skipped[pair.ckpt] = f"--skip {glob}"
-    _resolve_shapes(ckpt, shapes, kept, head=head, first_conv=first_conv, adapt=adapt_first_conv, out=out)
+    _resolve_shapes(ckpt, shapes, kept, head=head, first_conv=first_conv, adapt=adapt_first_conv, keep_head=keep_head, out=out)
     _sort_leftovers(ckpt, {p.ckpt for p in pairs}, globs=globs, head=head, out=out)
     return out
 
@@ -306,9 +186,9 @@ def _sort_leftovers(ckpt: dict[str, torch.Tensor], paired: set[str], *, globs: l
         glob = _skip_glob((key, out.names[key]), globs)
         if glob is not None:
             out.skipped[key] = f"--skip {glob}"
-        elif _under(out.names[key], head):
+        elif under(out.names[key], head):
             out.skipped[key] = "old head: the model's head was replaced"
-        elif _is_nbt(key):
+        elif is_nbt(key):
             ignored += 1
         else:
             out.unexpected.append(key)

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from regraft.errors import CoverageError
 
-__all__ = ["LoadReport", "check_coverage"]
+__all__ = ["LoadReport", "HeadStatus", "check_coverage"]
+
+
+class HeadStatus(str, enum.Enum):  # enum.StrEnum needs Python 3.11; regraft supports 3.10
+    """What became of the checkpoint's classifier.
+
+    ``kept``: loaded into the model's head (``keep_head``, or a regraft run trained on the same
+    classes in the same order). ``replaced``: it fits the model's head but what its classes mean
+    is unknown, so it was withheld and the model's new head is used. ``dropped``: another class
+    count or layout, or left out by ``--skip``; the model's new head is used. ``none``: the checkpoint has no classifier for
+    the model's head, or the model has no head.
+    """
+
+    KEPT = "kept"
+    REPLACED = "replaced"
+    DROPPED = "dropped"
+    NONE = "none"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -35,7 +55,10 @@ class LoadReport:
         head: the head path used for coverage, or None when the model has none.
         trunk_params / trunk_params_loaded: the element counts behind ``coverage``.
         prefixes: wrapper and prefix changes applied to checkpoint names.
-        notes: anything else worth knowing (unused rename rules, a guessed head).
+        notes: anything else worth knowing (unused rename rules, a refused prefix change, name
+            matches refused because their neighbours clash).
+        head_status: what became of the checkpoint's classifier (:class:`HeadStatus`).
+        head_reason: why, in one sentence.
     """
 
     source: str
@@ -56,6 +79,8 @@ class LoadReport:
     checkpoint_tensors: int = 0
     prefixes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    head_status: HeadStatus = HeadStatus.NONE
+    head_reason: str = ""
 
     @property
     def loaded_keys(self) -> list[str]:
@@ -74,6 +99,7 @@ class LoadReport:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``load_report.json``): every field plus ``counts``."""
         data = asdict(self)
+        data["head_status"] = str(self.head_status)
         data["counts"] = self.counts()
         return data
 
@@ -102,6 +128,8 @@ class LoadReport:
         for name, keys in rows:
             shown = ", ".join(keys[:examples]) + (f", ... (+{len(keys) - examples})" if len(keys) > examples else "")
             lines.append(f"  {name:<20} {len(keys):>6}  {shown}".rstrip())
+        if self.head:
+            lines.append(f"  {'head':<20} {str(self.head_status):>6}  {self.head_reason}".rstrip())
         lines.append(
             f"  {'trunk coverage':<20} {self.coverage:>6.1%}  {self.trunk_params_loaded:,} of {self.trunk_params:,} "
             f"parameters outside the head ({self.head or 'no head'})"

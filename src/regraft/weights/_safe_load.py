@@ -1,14 +1,17 @@
 """Read a checkpoint file into a flat ``{name: Tensor}`` state dict without running its code.
 
 Safetensors files are read with the safetensors library. Everything else goes through
-``torch.load(weights_only=True)``, which refuses any pickle that would build arbitrary objects;
-only ``trust_checkpoint=True`` unpickles such a file. Training checkpoints are unwrapped: the
+``torch.load(weights_only=True)``, which refuses any pickle that would build arbitrary objects,
+with an allow-list of harmless types (:data:`SAFE_GLOBALS`: ``argparse.Namespace``, which timm's
+``train.py`` stores as ``args`` in every checkpoint, as timm's own loader allows); only
+``trust_checkpoint=True`` unpickles anything else. Training checkpoints are unwrapped: the
 tensors are looked for under ``state_dict``, ``model``, ``model_state_dict``, ``state_dict_ema``
 and ``model_ema`` (and similar), and a whole pickled ``nn.Module`` gives its ``state_dict()``.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import pickle
 import re
@@ -23,7 +26,7 @@ from torch import nn
 
 from regraft.errors import UnsafeCheckpointError, WeightsError
 
-__all__ = ["read_file", "unwrap_state_dict", "CONTAINER_KEYS"]
+__all__ = ["read_file", "unwrap_state_dict", "CONTAINER_KEYS", "SAFE_GLOBALS"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ CONTAINER_KEYS = (
 # Top-level entries that hold tensors but never the model's weights.
 _NOT_WEIGHTS = ("optimizer", "optim", "optimizer_states", "scheduler", "lr_scheduler", "scaler", "lr_schedulers")
 _SAFETENSORS_SUFFIXES = (".safetensors",)
+# Types weights-only loading may build besides tensors and containers: plain attribute bags that
+# run no code when unpickled (timm's train.py saves its argparse.Namespace as 'args').
+SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 
 
 def read_file(path: Path, *, trust_checkpoint: bool = False) -> Any:
@@ -76,7 +82,10 @@ def _torch_load(path: Path, *, weights_only: bool) -> Any:
     mmap = zipfile.is_zipfile(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # protocol and FutureWarnings say nothing the user can act on
-        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
+        if not weights_only:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _looks_like_pickle(path: Path) -> bool:

@@ -386,3 +386,20 @@ def test_after_probe_explains_each_choice() -> None:
     explicit = after_probe(decide(Config(strategy="lp-ft"), pretrained=True),
                            Evidence(validation="holdout", probe_acc=1.0, probe_loss=0.01, class_counts=[40] * 3))
     assert explicit.action == "lp-ft"  # explicit strategies keep their meaning
+
+
+def test_lr_groups_give_parts_of_the_model_their_own_lr() -> None:
+    model = resnet18()
+    cfg = Config(lr=1e-3, lr_groups={"layer3": 1e-4, "layer4.1": 5e-4, "head": 1e-2})
+    p = plan(model, strategy="full", cfg=cfg, steps_per_epoch=2, head="fc")
+    got = lrs(p)
+    assert got["layer3"] == got["layer3/no_decay"] == pytest.approx(1e-4)
+    assert got["layer4[layer4.1]"] == pytest.approx(5e-4) and got["layer4"] == pytest.approx(1e-3)
+    assert got["head"] == pytest.approx(1e-2) and got["layer2"] == pytest.approx(1e-3)
+    names = {n for g in p.optimizer.param_groups if g["name"].startswith("layer4[") for n in g["param_names"]}
+    assert names and all(n.startswith("layer4.1.") for n in names)
+    assert sum(len(g["params"]) for g in p.optimizer.param_groups) == len(list(model.parameters()))  # each once
+    with pytest.raises(FreezeError, match=r"lr_groups\['neck'\]"):
+        plan(resnet18(), strategy="full", cfg=Config(lr_groups={"neck": 1e-3}), steps_per_epoch=2, head="fc")
+    with pytest.raises(ConfigError, match=r"lr_groups\['layer3'\] must be a positive learning rate"):
+        Config.from_dict({"lr_groups": {"layer3": 0}})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from collections.abc import Callable
@@ -146,6 +147,7 @@ class Config:
     epochs: int = 5
     batch_size: int = 32
     lr: float | None = None  # None = the strategy's default
+    lr_groups: dict[str, float] = field(default_factory=dict)  # {stage/path/glob: LR}: these parameters train at this LR
     optimizer: str = "adamw"
     momentum: float = 0.9
     nesterov: bool = False
@@ -249,6 +251,10 @@ class Config:
             raise ConfigError(f"{source}: std values must be positive; got {self.std}")
         if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
             raise ConfigError(f"{source}: mean and std must have the same length; got {len(self.mean)} and {len(self.std)}")
+        bad_lr = {k: v for k, v in self.lr_groups.items() if not (v > 0 and math.isfinite(v))}
+        if bad_lr:
+            name, value = next(iter(bad_lr.items()))
+            raise ConfigError(f"{source}: lr_groups['{name}'] must be a positive learning rate; got {value}")
         unknown = [t for t in self.log if t not in TRACKERS]
         if unknown:
             raise ConfigError(f"{source}: log must list trackers among {', '.join(TRACKERS)}; got {unknown[0]!r}")

@@ -71,7 +71,9 @@ def coerce(key: str, value: Any, tp: Any, source: str) -> Any:
             value = dict(v.split("=", 1) for v in value)
         if not isinstance(value, dict):
             raise bad
-        return {str(k): str(v) for k, v in value.items()}
+        args = typing.get_args(tp)
+        value_tp = args[1] if len(args) == 2 else str
+        return {str(k): coerce(key, v, value_tp, source) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -129,7 +131,8 @@ def _describe(tp: Any) -> str:
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
     if origin is dict:
-        return "a mapping"
+        args = typing.get_args(tp)
+        return f"a mapping of names to {_describe(args[1])}s" if len(args) == 2 and args[1] is not str else "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         tp, _type_name(tp)
     )

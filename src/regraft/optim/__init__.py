@@ -108,6 +108,7 @@ def param_groups(
     layer_decay: float | None = None,
     include_frozen: bool = False,
     names: Iterable[str] | None = None,
+    lr_of: Mapping[str, tuple[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups, one per stage (and the head), split by weight decay.
 
@@ -122,6 +123,9 @@ def param_groups(
         layer_decay: timm-style layer-wise decay: stage LR ``lr * layer_decay ** depth``.
         include_frozen: also include parameters with ``requires_grad=False``.
         names: include exactly these parameter names (overrides the two rules above).
+        lr_of: parameter name -> ``(label, lr)``: these parameters train at ``lr`` whatever their
+            stage's scale (a recipe's ``lr_groups``); they get groups of their own, named
+            ``stage[label]`` (``stage`` alone when the label is the stage's name).
 
     Returns:
         Group dicts with ``params``, ``param_names``, ``name`` (``layer4``, ``head/no_decay``),
@@ -141,25 +145,27 @@ def param_groups(
         units.append(("head", [head], head_lr_mult))
     wanted = set(names) if names is not None else None
     no_decay = _no_decay(model) if no_decay_norm_bias else set()
-    buckets: dict[tuple[int, bool], list[tuple[str, nn.Parameter]]] = {}
+    overrides = dict(lr_of or {})
+    buckets: dict[tuple[int, bool, str], list[tuple[str, nn.Parameter]]] = {}
     for name, p in model.named_parameters():
         if (wanted is not None and name not in wanted) or (wanted is None and not (p.requires_grad or include_frozen)):
             continue
         unit = next(i for i, (_, entries, _) in enumerate(units) if any(under(name, e) for e in entries))
-        buckets.setdefault((unit, name in no_decay), []).append((name, p))
+        buckets.setdefault((unit, name in no_decay, overrides.get(name, ("", 0.0))[0]), []).append((name, p))
     groups = []
-    for (unit, nd), members in sorted(buckets.items()):
+    for (unit, nd, label), members in sorted(buckets.items()):
         stage, _, scale = units[unit]
-        group_lr = lr * scale
+        group_lr = overrides[members[0][0]][1] if label else lr * scale
+        base = stage if label in ("", stage) else f"{stage}[{label}]"
         groups.append({
             "params": [p for _, p in members],
             "param_names": [n for n, _ in members],
-            "name": f"{stage}/no_decay" if nd else stage,
+            "name": f"{base}/no_decay" if nd else base,
             "stage": stage,
             "lr": group_lr,
             "initial_lr": group_lr,
             "base_lr": group_lr,
-            "lr_scale": scale,
+            "lr_scale": group_lr / lr,
             "weight_decay": 0.0 if nd else weight_decay,
         })
     return groups

@@ -31,6 +31,7 @@ from regraft.freezing import (
     apply_bn_policy,
     freeze,
     resolve_head,
+    select,
     stages,
     swap_frozen_bn,
 )
@@ -266,6 +267,21 @@ def _gradual_units(model: nn.Module, layout: list[tuple[str, list[str]]]) -> lis
     return units
 
 
+def _lr_groups(model: nn.Module, cfg: Config, head: str | None) -> dict[str, tuple[str, float]]:
+    """A recipe's ``lr_groups`` as parameter name -> (key, LR); the first key naming a parameter wins.
+
+    Keys are freeze-spec tokens (a stage, ``head``, a module path, a glob: docs/freezing.md).
+
+    Raises:
+        FreezeError: a key matches no parameter (the error names it).
+    """
+    out: dict[str, tuple[str, float]] = {}
+    for key, value in cfg.lr_groups.items():
+        for name in select(model, [key], head=head, what=f"lr_groups['{key}']"):
+            out.setdefault(name, (key, float(value)))
+    return out
+
+
 def _schedule(strategy: Strategy, cfg: Config, model: nn.Module, layout: list[tuple[str, list[str]]]) -> UnfreezeSchedule | None:
     if cfg.unfreeze:
         schedule = UnfreezeSchedule.parse(cfg.unfreeze)
@@ -318,7 +334,8 @@ def plan(
         fplan.bn_eval = [p for p in fplan.bn_eval if p not in fplan.bn_swapped]
     lr = cfg.lr if cfg.lr is not None else default_lr(strategy, cfg.optimizer)
     wd = cfg.weight_decay if cfg.weight_decay is not None else default_weight_decay(cfg.optimizer)
-    groups = param_groups(model, lr=lr, head=head, weight_decay=wd, names=wake, **_lr_shape(strategy, cfg))
+    groups = param_groups(model, lr=lr, head=head, weight_decay=wd, names=wake, lr_of=_lr_groups(model, cfg, head),
+                          **_lr_shape(strategy, cfg))
     groups, wakes = split_by_epoch(groups, wake, steps_per_epoch=steps_per_epoch, schedule=schedule)
     optimizer = build_optimizer(groups, name=cfg.optimizer, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
     scheduler = build_scheduler(

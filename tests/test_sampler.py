@@ -32,3 +32,14 @@ def test_order_depends_only_on_seed_and_epoch():
 def test_no_batch_of_one_when_avoidable():
     s = EpochBatchSampler(9, batch_size=4, shuffle=False)
     assert [len(b) for b in s] == [3, 3, 3]
+
+
+def test_batch_evening_is_optional():
+    even = EpochBatchSampler(64, batch_size=24, shuffle=False)
+    assert [len(b) for b in even] == [22, 21, 21]
+    plain = EpochBatchSampler(64, batch_size=24, shuffle=False, even=False)
+    assert [len(b) for b in plain] == [24, 24, 16] and sum(plain, []) == list(range(64))
+    assert [len(b) for b in EpochBatchSampler(64, batch_size=24, shuffle=False, even=False, drop_last=True)] == [24, 24]
+    a, b = (EpochBatchSampler(64, batch_size=8, shuffle=True, seed=1, even=False, rank=r, world_size=2) for r in (0, 1))
+    shards = [sum(list(s), []) for s in (a, b)]
+    assert len(a) == len(b) == 4 and not set(shards[0]) & set(shards[1])  # in step, disjoint

@@ -146,6 +146,7 @@ class Config:
     # --- optimisation
     epochs: int = 5
     batch_size: int = 32
+    even_batches: bool = True  # split an epoch into nearly equal batches (batch_size is then the largest); false: full batches and a last, smaller one
     lr: float | None = None  # None = the strategy's default
     lr_groups: dict[str, float] = field(default_factory=dict)  # {stage/path/glob: LR}: these parameters train at this LR
     optimizer: str = "adamw"

@@ -145,7 +145,7 @@ def make_loaders(train_ds: Any, val_ds: Any, *, cfg: Config, procs: Processes) -
     loaders = []
     for ds, shuffle in ((train_ds, True), (val_ds, False)):
         sampler = EpochBatchSampler(len(ds), batch_size=cfg.batch_size, shuffle=shuffle, seed=cfg.seed,
-                                    rank=procs.index, world_size=procs.count)
+                                    rank=procs.index, world_size=procs.count, even=cfg.even_batches or not shuffle)
         loaders.append(data.make_loader(ds, batch_sampler=sampler, workers=cfg.workers, device=procs.device))
     return loaders[0], loaders[1]
 

@@ -2,7 +2,8 @@
 
 Every worker takes the folder a user would hand its tool (``train/`` and ``val/``; the test split
 is never in it), trains, stamps ``t_trained`` (``time.time()``, compared with the parent's clock at
-launch, so the process start and every import count), and only then measures test accuracy.
+launch, so the process start and every import count) and ``cpu_trained`` (the process's CPU
+seconds so far), and only then measures test accuracy.
 
 - ``sklearn-probe``: a converged logistic regression on features of the frozen EfficientNet-Lite0
   trunk. The trunk is timm's ``tf_efficientnet_lite0`` with the package's ImageNet weights loaded
@@ -67,10 +68,10 @@ def sklearn_probe(visible: Path, test: Path, *, weights: str, seed: int) -> dict
             {"logisticregression__C": list(C_GRID)},
             cv=StratifiedKFold(5, shuffle=True, random_state=seed), scoring="accuracy", n_jobs=1,
         ).fit(x, np.asarray(labels))
-    t_trained = time.time()
+    t_trained, cpu_trained = time.time(), time.process_time()
     clf = search.best_estimator_[-1]
     out = {
-        "t_trained": t_trained, "val_kind": "cv5", "val_acc": float(search.best_score_),
+        "t_trained": t_trained, "cpu_trained": cpu_trained, "val_kind": "cv5", "val_acc": float(search.best_score_),
         "detail": f"C={search.best_params_['logisticregression__C']:.0e} by 5-fold CV on {len(files)} images, "
                   f"lbfgs {int(np.max(clf.n_iter_))} iterations; trunk + features {t_features - t0:.1f} s, "
                   f"CV + refit {time.perf_counter() - t_features:.1f} s",
@@ -117,7 +118,7 @@ def plain(visible: Path, test: Path, *, weights: str, seed: int) -> dict[str, An
 
     result = _plain.recipe(visible, model_name=MODEL, weights=weights, epochs=5, batch_size=32, img=224, lr=1e-3,
                            workers=0, seed=seed, log=lambda _: None)
-    out = {"t_trained": time.time(), "val_kind": "val", "val_acc": result.best_val_acc,
+    out = {"t_trained": time.time(), "cpu_trained": time.process_time(), "val_kind": "val", "val_acc": result.best_val_acc,
            "detail": "val " + " ".join(f"{h['val_acc']:.2f}" for h in result.history) + f" (best epoch {result.best_epoch})"}
     mean, std = _plain.norm_for(MODEL)
     ds = datasets.ImageFolder(test, _plain.transforms(224, mean, std, train=False))
@@ -137,7 +138,7 @@ def fastai(visible: Path, test: Path, *, weights: str, seed: int) -> dict[str, A
 
     out = run(visible, weights=weights, epochs=5, seed=seed, test=test)
     val = out["val_acc_per_epoch"]
-    return {"t_trained": out["t_trained"], "val_kind": "val", "val_acc": out["final_val_acc"], "test_acc": out["test_acc"],
+    return {"t_trained": out["t_trained"], "cpu_trained": out["cpu_trained"], "val_kind": "val", "val_acc": out["final_val_acc"], "test_acc": out["test_acc"],
             "detail": "frozen epoch then 5: val " + " ".join(f"{v:.2f}" for v in val)}
 
 

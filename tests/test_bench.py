@@ -175,6 +175,7 @@ def test_goals_met_and_missed_are_reported_as_such():
     met = "\n".join(_suite_report.goal_rows(_raw(0.92, 25.0), ["t"], names, [0]))
     assert "sklearn-probe (0.900)" in met and "met (+2.0 points)" in met and "met (0.42x fastai)" in met
     assert "Accuracy goal met on 1 of 1 tasks, wall-time goal on 1 of 1." in met
+    assert "1 / 1 = 1.00x" in met
     missed = "\n".join(_suite_report.goal_rows(_raw(0.89, 40.0), ["t"], names, [0]))
     assert "NOT met (-1.0 points)" in missed and "NOT met (0.67x fastai)" in missed
     assert "Accuracy goal met on 0 of 1 tasks, wall-time goal on 0 of 1." in missed

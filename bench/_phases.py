@@ -9,7 +9,9 @@ phase too: ``builtins.__import__`` and ``importlib.import_module`` are hooked, a
 finds its module already loaded costs nothing.
 
 Calls on other threads (the decode cache's decoding threads) are not wall time of the main
-thread; they are summed apart as thread-seconds per phase.
+thread; they are summed apart as thread-seconds per phase. Each phase also gets the process's CPU
+seconds (every thread, ``time.process_time``) spent while it was running: on a machine shared
+with other jobs wall time stretches with the load, CPU seconds much less.
 
 The hooks are looked up by name and patched in every loaded ``regraft`` module that holds the
 same function (``from x import f`` copies included), so the timer follows regraft's code without
@@ -68,11 +70,13 @@ class PhaseTimer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.thread_seconds: dict[str, float] = defaultdict(float)
         self.missing: list[str] = []
         self._stack: list[str] = []
         self._last = time.perf_counter()
+        self._last_cpu = time.process_time()
         self._main = threading.main_thread()
         self._active = False
         self._undo: list[tuple[Any, str, Any]] = []  # (owner, name, original) for uninstall
@@ -80,10 +84,12 @@ class PhaseTimer:
     # -------------------------------------------------------------- accounting
 
     def _charge(self) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if self._active:
-            self.seconds[self._stack[-1] if self._stack else "other"] += now - self._last
-        self._last = now
+            phase = self._stack[-1] if self._stack else "other"
+            self.seconds[phase] += now - self._last
+            self.cpu[phase] += cpu - self._last_cpu
+        self._last, self._last_cpu = now, cpu
 
     def enter(self, phase: str) -> None:
         self._charge()
@@ -96,7 +102,7 @@ class PhaseTimer:
         self._stack.pop()
 
     def start(self) -> None:
-        self._last, self._active = time.perf_counter(), True
+        self._last, self._last_cpu, self._active = time.perf_counter(), time.process_time(), True
 
     def stop(self) -> None:
         self._charge()
@@ -187,13 +193,17 @@ class PhaseTimer:
         self._set(importlib, "import_module", hooked_import_module)
 
     def table(self, *, python_start: float = 0.0) -> tuple[list[str], list[list[str]]]:
-        """Header and rows: each phase's seconds and share of the total, calls, thread-seconds."""
-        seconds = dict(self.seconds)
+        """Header and rows: each phase's wall seconds and share, CPU seconds and share, calls, thread-seconds.
+
+        ``python_start``: seconds before the timer could start (the interpreter's own start),
+        shown as a phase of its own, wall and CPU alike."""
+        seconds, cpu = dict(self.seconds), dict(self.cpu)
         if python_start:
-            seconds["python start"] = python_start
-        total = sum(seconds.values())
+            seconds["python start"] = cpu["python start"] = python_start
+        total, total_cpu = sum(seconds.values()), sum(cpu.values()) or 1.0
         order = [p for p in PHASES if p in seconds] + sorted(set(seconds) - set(PHASES))
-        rows = [[p, f"{seconds[p]:.2f}", f"{100 * seconds[p] / total:.0f}%", str(self.calls.get(p, "")),
+        rows = [[p, f"{seconds[p]:.2f}", f"{100 * seconds[p] / total:.0f}%", f"{cpu.get(p, 0.0):.2f}",
+                 f"{100 * cpu.get(p, 0.0) / total_cpu:.0f}%", str(self.calls.get(p, "")),
                  f"{self.thread_seconds[p]:.2f}" if self.thread_seconds.get(p) else ""] for p in order]
-        rows.append(["total (wall)", f"{total:.2f}", "100%", "", ""])
-        return ["phase", "wall s (main thread)", "share", "calls", "thread-s on other threads"], rows
+        rows.append(["total", f"{total:.2f}", "100%", f"{sum(cpu.values()):.2f}", "100%", "", ""])
+        return ["phase", "wall s", "wall share", "CPU s", "CPU share", "calls", "thread-s on other threads"], rows

@@ -74,7 +74,8 @@ def child(data: str, weights: str, out: str, seed: int, result: str, *, cprofile
     timer.stop()
     head, rows = timer.table(python_start=python_start)
     payload = {"rc": rc, "head": head, "rows": rows, "missing": timer.missing, "argv": argv,
-               "seconds": dict(timer.seconds) | {"python start": python_start}}
+               "seconds": dict(timer.seconds) | {"python start": python_start},
+               "cpu": dict(timer.cpu) | {"python start": python_start}, "calls": dict(timer.calls)}
     if profiler is not None:
         payload["top"] = _top_functions(profiler)
     summary = Path(out) / "summary.json"
@@ -122,16 +123,22 @@ def profile(task: str, *, seed: int, repeats: int, cprofile: bool) -> list[dict]
 def render(results: list[dict]) -> list[str]:
     from _common import fmt, median, table
 
-    phases = list(dict.fromkeys(r[0] for res in results for r in res["rows"] if r[0] != "total (wall)"))
-    totals = [sum(res["seconds"].values()) for res in results]
+    phases = [p for p in _phase_order(results)]
+    wall_totals = [sum(res["seconds"].values()) for res in results]
+    cpu_totals = [sum(res["cpu"].values()) for res in results]
     rows = []
     for phase in phases:
-        values = [float(next((r[1] for r in res["rows"] if r[0] == phase), 0.0)) for res in results]
-        thread = [float(next((r[4] for r in res["rows"] if r[0] == phase and r[4]), 0.0)) for res in results]
-        rows.append([phase, fmt(median(values), 2), f"{100 * median(values) / median(totals):.0f}%",
-                     fmt(median(thread), 2) if any(thread) else "", " ".join(fmt(v, 1) for v in values)])
-    rows.append(["total (wall)", fmt(median(totals), 2), "100%", "", " ".join(fmt(v, 1) for v in totals)])
-    body = table(["phase", "wall s (median)", "share", "thread-s elsewhere", "each run"], rows)
+        wall = median([res["seconds"].get(phase, 0.0) for res in results])
+        cpu = median([res["cpu"].get(phase, 0.0) for res in results])
+        thread = [float(next((r[-1] for r in res["rows"] if r[0] == phase and r[-1]), 0.0)) for res in results]
+        rows.append([phase, fmt(wall, 2), f"{100 * wall / median(wall_totals):.0f}%", fmt(cpu, 2),
+                     f"{100 * cpu / median(cpu_totals):.0f}%", str(results[0]["calls"].get(phase, "")),
+                     fmt(median(thread), 2) if any(thread) else ""])
+    rows.append(["total", fmt(median(wall_totals), 2), "100%", fmt(median(cpu_totals), 2), "100%", "", ""])
+    head = ["phase", "wall s", "wall share", "CPU s (all threads)", "CPU share", "calls", "thread-s elsewhere"]
+    body = table(head if len(results) == 1 else [f"{h} (median)" if " s" in h else h for h in head], rows)
+    if len(results) > 1:
+        body += ["", "wall s of each run: " + ", ".join(fmt(v, 1) for v in wall_totals)]
     run = results[0].get("run") or {}
     body += ["", f"The run: {json.dumps(run)}"]
     if results[0]["missing"]:
@@ -140,6 +147,13 @@ def render(results: list[dict]) -> list[str]:
         body += ["", "<details><summary>cProfile, top functions by own time</summary>", "", *[f"    {ln}" for ln in results[0]["top"]],
                  "", "</details>"]
     return body
+
+
+def _phase_order(results: list[dict]) -> list[str]:
+    from _phases import PHASES
+
+    seen = {p for res in results for p in res["seconds"]}
+    return [p for p in PHASES if p in seen] + sorted(seen - set(PHASES))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "each second of the main thread is charged to the innermost hooked step running then (bench/_phases.py): nested "
         "steps are taken out of their callers, so the phases add up to the wall time; `imports` is every import that "
         "loaded a module, wherever it happened; `python start` is the interpreter's start before the script's first "
-        "line; `decode` on the main thread is wall time, decoding threads' time is in the thread-s column",
+        "line; `decode` on the main thread is wall time, decoding threads' time is in the thread-s column; CPU s: the "
+        "process's CPU seconds (all threads) while the phase ran, steadier than wall s on a shared machine",
         f"{args.repeats} run(s)" + ("; under cProfile (slower: compare shares, not seconds)" if args.cprofile else ""),
     ]
     append_results(Section("Profile: where `regraft train`'s wall time goes (`bench/profile_run.py`)",

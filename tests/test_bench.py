@@ -46,6 +46,26 @@ def test_phases_are_exclusive_and_add_up_to_the_wall_time():
     assert timer.seconds["other"] == pytest.approx(0.03, abs=0.04)
     assert sum(timer.seconds.values()) == pytest.approx(wall, abs=0.01)
     assert dict(timer.calls) == {"outer": 1, "inner": 1}
+    assert timer.cpu["inner"] < 0.05  # sleeping costs no CPU
+
+
+def test_cpu_seconds_are_charged_to_the_phase_that_burns_them():
+    def spin(seconds: float) -> None:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    timer = _phases.PhaseTimer()
+    busy, idle = timer.wrap(lambda: spin(0.2), "busy"), timer.wrap(lambda: time.sleep(0.2), "idle")
+    timer.start()
+    busy()
+    idle()
+    timer.stop()
+    assert timer.cpu["busy"] == pytest.approx(0.2, abs=0.05)
+    assert timer.cpu["idle"] < 0.05
+    head, rows = timer.table(python_start=0.5)
+    assert head[:5] == ["phase", "wall s", "wall share", "CPU s", "CPU share"]
+    assert [r[0] for r in rows] == ["python start", "other", "busy", "idle", "total"]
 
 
 def test_calls_on_other_threads_are_thread_seconds_not_main_thread_wall():

@@ -39,6 +39,7 @@ def run(root: str | Path, *, weights: str, epochs: int, batch_size: int = 32, im
         Resize,
         accuracy,
         aug_transforms,
+        get_image_files,
         set_seed,
         vision_learner,
     )
@@ -62,12 +63,14 @@ def run(root: str | Path, *, weights: str, epochs: int, batch_size: int = 32, im
     learn = vision_learner(dls, lite0, pretrained=True, normalize=False, metrics=accuracy)
     learn.fine_tune(epochs)
     seconds = time.perf_counter() - t0
-    # recorder.values: [train_loss, valid_loss, accuracy] per epoch (the frozen one first)
+    t_trained, cpu_trained = time.time(), time.process_time()  # for callers that time from their process's launch
+    # recorder.values: [train_loss, valid_loss, accuracy] per epoch of the last fit (the unfrozen epochs:
+    # fine_tune fits twice and the Recorder starts afresh at each fit)
     val_acc = [float(v[2]) for v in learn.recorder.values]
     out = {"val_acc_per_epoch": val_acc, "final_val_acc": val_acc[-1], "best_val_acc": max(val_acc),
-           "seconds_to_trained": seconds, "epochs_run": len(val_acc)}
+           "seconds_to_trained": seconds, "t_trained": t_trained, "cpu_trained": cpu_trained, "epochs_run": len(val_acc)}
     if test is not None:
-        files = sorted(p for p in Path(test).rglob("*.jpg"))
+        files = sorted(get_image_files(test))
         dl = dls.test_dl(files, with_labels=True)
         out["test_acc"] = float(learn.validate(dl=dl)[1])
     return out

@@ -14,8 +14,35 @@ Two tasks, both written as ``ROOT/{train,val[,test]}/<class>/*.jpg`` (256 px squ
   above, his suit below), so validation and test are a real shift away from training. 24 training,
   10 validation and 10 test images per class.
 
-Nothing here was tuned on any method's results: the task definitions were fixed before the first
-benchmark ran.
+The small-data suite (``bench/small_data.py``) adds three tasks and runs four, each written as
+``ROOT/{train[,val],test}/<class>/*``; the suite hands a contestant only ``train`` and ``val`` and
+keeps ``test`` apart (regraft's discovery would otherwise take ``test/`` for a validation split):
+
+- ``texture-crops``: brick, grass or gravel (scikit-image's three texture photographs, greyscale),
+  from crops of 1/8 to 1/4 of the photograph's side, turned by a multiple of 90 degrees, flipped
+  at random and with random gain and offset (so that brightness is no cue), from three bands
+  that share no pixel (train top half, val the next quarter, test the bottom quarter); 30 / 10 /
+  30 per class, 128 px.
+- ``photos`` as above.
+- ``digits``: scikit-learn's bundled handwritten digits (``load_digits``, 8x8, 16 grey levels),
+  ten classes, upsampled to 64 px and each moved by a random affine transform (rotation up to 12
+  degrees, scale 0.9 to 1.1, shift up to 3 px) so that no two images are pixel-exact upsamples
+  of a grid; 20 training and 40 test images per class and NO validation split: the many-class,
+  ~20-images-per-class task, where a method must find its own validation (regraft's split or
+  cross-validation, the others an 80/20 split of train).
+- ``faces``: scikit-image's ``lfw_subset`` (25 px greyscale crops from Labeled Faces in the Wild:
+  100 faces and 100 background patches of the same photographs), upsampled to 64 px; 30 / 20 /
+  50 per class.
+
+Offline checks (scikit-image 0.26, scikit-learn 1.9): ``skimage.data``'s ``brain``, ``cells3d``,
+``eagle``, ``human_mitosis``, ``kidney``, ``lily``, ``nickel_solidification``,
+``palisades_of_vogt``, ``protein_transport``, ``skin`` and ``vortex`` need the network and are not
+used, nor scikit-learn's ``fetch_*`` data sets (Olivetti faces, LFW people); everything above
+ships inside the two packages.
+
+Nothing here was tuned on any method's results: the task definitions (classes, crop sizes,
+counts, bands, seeds) were fixed before the first contestant ran, and a task is made the same
+way, bit for bit, from its seed.
 """
 
 from __future__ import annotations
@@ -52,6 +79,30 @@ def many_crops(root: Path, *, n: int, size: int = SIZE, seed: int = 1) -> Path:
     for throughput and memory runs, where only the pixels' realism matters, not the split."""
     counts = [n // len(PHOTOS) + (1 if i < n % len(PHOTOS) else 0) for i in range(len(PHOTOS))]
     return _once(root, lambda tmp: _write_photos(tmp, {"train": counts, "val": [2] * len(PHOTOS)}, size=size, seed=seed, bands=False))
+
+
+def texture_crops(root: Path, *, seed: int = 0) -> Path:
+    """Brick, grass or gravel from small jittered crops (train/val/test, 30 / 10 / 30 per class)."""
+    return _once(root, lambda tmp: _write_textures(tmp, {"train": 30, "val": 10, "test": 30}, size=128, seed=seed))
+
+
+def digits(root: Path, *, seed: int = 0) -> Path:
+    """scikit-learn's digits at 64 px, 20 training and 40 test images per class, no validation split."""
+    return _once(root, lambda tmp: _write_digits(tmp, {"train": 20, "test": 40}, size=64, seed=seed))
+
+
+def faces(root: Path, *, seed: int = 0) -> Path:
+    """Face or background patch (scikit-image's ``lfw_subset``) at 64 px, 30 / 20 / 50 per class."""
+    return _once(root, lambda tmp: _write_faces(tmp, {"train": 30, "val": 20, "test": 50}, size=64, seed=seed))
+
+
+# the small-data suite, in the order it runs; the version in each folder name changes with the definition
+SUITE = {
+    "texture-crops": lambda data: texture_crops(data / "suite-texture-crops-v1"),
+    "photos": lambda data: photos(data / "task-photos"),
+    "digits": lambda data: digits(data / "suite-digits-v1"),
+    "faces": lambda data: faces(data / "suite-faces-v1"),
+}
 
 
 def _once(root: Path, make) -> Path:
@@ -115,3 +166,71 @@ def _crop(band: np.ndarray, short: int, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     return np.ascontiguousarray(crop)
+
+
+def _save(img: np.ndarray, path: Path, *, size: int) -> None:
+    from PIL import Image
+
+    pil = Image.fromarray(img)
+    if pil.mode != "RGB":
+        pil = pil.convert("RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil.resize((size, size), Image.BICUBIC).save(path, quality=92)
+
+
+def _write_textures(root: Path, counts: dict[str, int], *, size: int, seed: int) -> None:
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    for name in ("brick", "grass", "gravel"):
+        photo = getattr(skimage.data, name)()
+        h, w = photo.shape[:2]
+        for split, n in counts.items():
+            top, bottom = BANDS[split]
+            band = photo[int(h * top) : int(h * bottom)]
+            for i in range(n):
+                side = min(int(rng.integers(min(h, w) // 8, min(h, w) // 4 + 1)), band.shape[0])
+                y, x = int(rng.integers(0, band.shape[0] - side + 1)), int(rng.integers(0, w - side + 1))
+                crop = np.rot90(band[y : y + side, x : x + side], int(rng.integers(0, 4)))
+                if rng.random() < 0.5:
+                    crop = crop[:, ::-1]
+                jittered = crop.astype(np.float32) * rng.uniform(0.7, 1.3) + rng.uniform(-20, 20)
+                _save(np.clip(jittered, 0, 255).astype(np.uint8), root / split / name / f"{name}_{i:03d}.jpg", size=size)
+
+
+def _write_digits(root: Path, counts: dict[str, int], *, size: int, seed: int) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    rng = np.random.default_rng(seed)
+    for label in range(10):
+        picks = rng.permutation(np.flatnonzero(bunch.target == label))
+        start = 0
+        for split, n in counts.items():
+            for i, idx in enumerate(picks[start : start + n]):
+                grey = Image.fromarray((bunch.images[idx] * 255 / 16).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+                moved = grey.rotate(
+                    float(rng.uniform(-12, 12)), resample=Image.BILINEAR, fillcolor=0,
+                    translate=(int(rng.integers(-3, 4)), int(rng.integers(-3, 4))),
+                )
+                scale = float(rng.uniform(0.9, 1.1))
+                side = int(round(size / scale))
+                box = ((size - side) // 2, (size - side) // 2, (size - side) // 2 + side, (size - side) // 2 + side)
+                out = moved.transform((size, size), Image.EXTENT, box, resample=Image.BILINEAR, fillcolor=0)
+                _save(np.asarray(out), root / split / str(label) / f"digit{label}_{i:03d}.png", size=size)
+            start += n
+
+
+def _write_faces(root: Path, counts: dict[str, int], *, size: int, seed: int) -> None:
+    import skimage.data
+
+    images = skimage.data.lfw_subset()  # 100 faces, then 100 background patches, floats in [0, 1]
+    rng = np.random.default_rng(seed)
+    for name, block in (("face", images[:100]), ("background", images[100:])):
+        order = rng.permutation(len(block))
+        start = 0
+        for split, n in counts.items():
+            for i, idx in enumerate(order[start : start + n]):
+                _save((block[idx] * 255).round().astype(np.uint8), root / split / name / f"{name}_{i:03d}.png", size=size)
+            start += n

@@ -179,7 +179,7 @@ def _detail(method: str, r: dict) -> str:
     if method.startswith("regraft"):
         return f"{r['strategy']}: probe {r['probe_epochs']} epochs (val {fmt(r.get('probe_best_val_acc'), 3)}), then val {per_epoch}"
     if method == "fastai":
-        return f"frozen epoch then 5: val {per_epoch}; `import fastai.vision.all` {r.get('fastai_import_s', 0):.1f} s"
+        return f"fine_tune(5), val after each unfrozen epoch: {per_epoch}; `import fastai.vision.all` {r.get('fastai_import_s', 0):.1f} s"
     return f"val {per_epoch} (best epoch {r.get('best_epoch')})"
 
 

@@ -87,7 +87,7 @@ def test_install_patches_copies_reports_missing_hooks_and_uninstall_restores():
     import importlib
 
     import regraft.data.imageio as imageio
-    import regraft.data.transforms as transforms
+    import regraft.data.views as transforms  # a module that imports decode_resized by name
 
     original = imageio.decode_resized
     assert transforms.decode_resized is original  # imported by name: the copy must be patched too

@@ -209,78 +209,90 @@ def _regraft_cfg(s: Setting, **extra):
 
 
 class RegraftTrain:
-    """regraft's engine (``engine.fit``, one epoch per round) with a ``strategies.plan`` (full).
+    """regraft's one loop (``loop.fit``, one epoch per round) with a ``strategies.plan`` (full).
 
-    From JPEGs: the run's whole setup, ``regraft.training.setup.setup`` (what ``regraft.training.run.train``
-    runs before ``fit``: discovery, the decode cache, loaders, the plan, ``accelerator.prepare``).
-    In memory: ``zoo.build`` + ``surgery.replace_head`` + ``strategies.plan`` + ``prepare``.
+    From JPEGs: the run's whole setup as ``regraft train`` makes it (bench/_regraft_setup.py:
+    discovery, the decode cache, loaders, the plan, the stage). In memory: ``zoo.build`` +
+    ``surgery.replace_head`` + ``strategies.plan`` and a stage over resident batches.
     """
 
     def __init__(self, s: Setting, batches: list | None = None) -> None:
-        from regraft.training import loop as engine
+        from regraft import rng
+        from regraft.training import loop
 
         self.s, self.batches = s, batches
-        self.accelerator = engine.make_accelerator(device=s.device.type, precision="bf16" if s.bf16 else "fp32")
-        engine.seed_everything(0)
-        self.state = engine.FitState()
+        rng.seed_all(0)
+        self.state = loop.FitState()
         if batches is None:
             self._from_folder()
         else:
             self._in_memory()
 
     def _from_folder(self) -> None:
-        from regraft.runs import RunDir
-        from regraft.training import setup as _pipeline
+        from _regraft_setup import prepare
 
         cfg = _regraft_cfg(self.s, data=str(self.s.folder), decode_cache=True, cache_dir=str(self.s.tmp / f"cache-{self.s.model}"),
                            out=str(self.s.tmp / f"run-{self.s.model}"), overwrite=True)
-        run = RunDir.prepare(cfg.out, overwrite=True)
-        setup = _pipeline.setup(cfg, strategy="full", accelerator=self.accelerator, run=run, notify=lambda text: None)
-        self.model, self.plan, self.loader = setup.model, setup.plan, setup.train_loader
-        self.after_train_mode, self.setup = setup.after_train_mode, setup
+        self.prepared = prepare(cfg, strategy="full")
+        self.stage, self.procs = self.prepared.stage, self.prepared.procs
+        self.loader = self.stage.train_loader
 
     def _in_memory(self) -> None:
         from regraft import strategies, surgery, zoo
         from regraft.freezing import apply_bn_policy
+        from regraft.training import loop
+        from regraft.training.numerics import StepNumerics
+        from regraft.training.processes import Processes
 
         torch.manual_seed(0)
         model = zoo.build(self.s.model)
         head = surgery.replace_head(model, NUM_CLASSES, input_size=(3, self.s.img, self.s.img))
+        model = model.to(self.s.device)
         if self.s.channels_last:
             model = model.to(memory_format=torch.channels_last)
         plan = strategies.plan(model, strategy="full", cfg=_regraft_cfg(self.s), steps_per_epoch=100, head=head)
-        self.model, plan.optimizer = self.accelerator.prepare(model, plan.optimizer)
-        self.plan, self.loader, self.after_train_mode = plan, None, apply_bn_policy
+        numerics = StepNumerics(precision="bf16" if self.s.bf16 else "fp32", channels_last=self.s.channels_last, device=self.s.device)
+        self.procs = Processes(device=self.s.device)
+        self.stage = loop.Stage(name="train", model=model, weights=model, plan=plan, train_loader=None, val_loader=[],
+                                last_epoch=0, numerics=numerics, after_train_mode=apply_bn_policy)
+        self.loader = None
 
     def round(self, steps: int) -> Rate:
-        from regraft.training import loop as engine
+        from dataclasses import replace
+
+        from regraft.training import loop
 
         timer = StepTimer(warmup=1, steps=steps, batch=self.s.batch, device=self.s.device)
         loader = Cycling(self.batches, 1 + steps) if self.batches is not None else Limited(self.loader, 1 + steps)
-        self.state = engine.fit(self.model, self.plan, loader, [], epochs=self.state.epoch + 1, state=self.state,
-                                accelerator=self.accelerator, channels_last=self.s.channels_last, callbacks=[timer],
-                                after_train_mode=self.after_train_mode)
+        stage = replace(self.stage, train_loader=loader, val_loader=[], last_epoch=self.state.epoch + 1)
+        self.state = loop.fit(stage, procs=self.procs, state=self.state, callbacks=[timer])
         return timer.rate()
 
     def infer(self, steps: int) -> Rate:
-        """``engine.evaluate`` (the validation pass) in memory; ``regraft eval``'s batch loop from JPEGs."""
-        from regraft.training import loop as engine
+        """``loop.evaluate`` (the validation pass) in memory; ``regraft eval``'s batch loop from JPEGs."""
+        from regraft.training import loop
 
         if self.batches is not None:
-            kw = dict(accelerator=self.accelerator, channels_last=self.s.channels_last)
-            engine.evaluate(self.model, Cycling(self.batches, 1), **kw)
-            return _timed(lambda: engine.evaluate(self.model, Cycling(self.batches, steps), **kw), self.s.device, steps * self.s.batch)
+            model = self.stage.model
+            loop.evaluate(model, Cycling(self.batches, 1), procs=self.procs)
+            return _timed(lambda: loop.evaluate(model, Cycling(self.batches, steps), procs=self.procs), self.s.device,
+                          steps * self.s.batch)
         return self._infer_files(steps)
 
     def _infer_files(self, steps: int) -> Rate:
-        # inference._logits is what `regraft eval` and evaluate_run run over a folder, after load_run
+        # image_batches + the numerics of inference: the batch loop `regraft eval` and predict run over files
         from regraft.data import build_transforms
-        from regraft.inference import _logits, _Numerics
+        from regraft.inference.images import forward_views, image_batches
+        from regraft.inference.numerics import Numerics
 
-        samples = [(s.path, s.label) for s in self.setup.train_dataset.samples][: (1 + steps) * self.s.batch]
-        transform = build_transforms(self.setup.data_config, train=False)
-        model = self.accelerator.unwrap_model(self.model).eval()
-        numerics = _Numerics("bf16" if self.s.bf16 else "fp32", self.s.channels_last, self.s.device)
-        kw = dict(batch_size=self.s.batch, skipped=[], run_model=numerics)
-        _logits(model, samples[: self.s.batch], transform, **kw)
-        return _timed(lambda: _logits(model, samples[self.s.batch :], transform, **kw), self.s.device, steps * self.s.batch)
+        samples = [s.path for s in self.prepared.data.train_dataset.samples][: (1 + steps) * self.s.batch]
+        transform = build_transforms(self.prepared.data.data_config, train=False)
+        model = self.prepared.net.model.eval()
+        numerics = Numerics("bf16" if self.s.bf16 else "fp32", channels_last=self.s.channels_last)
+
+        def run(items):
+            for batch in image_batches(items, transform, batch_size=self.s.batch):
+                forward_views(numerics, model, batch)
+
+        run(samples[: self.s.batch])
+        return _timed(lambda: run(samples[self.s.batch :]), self.s.device, steps * self.s.batch)

@@ -4,8 +4,8 @@ Two paths, each with the cache on and off, EfficientNet-Lite0 with its ImageNet 
 
 - ``regraft.training.run.train``: what ``regraft train --strategy head [--no-feature-cache]`` runs;
   whether it caches is read from its own messages (``feature cache: ...``);
-- the library path docs/features.md describes: ``_pipeline.setup`` (the run's model, plan and
-  datasets), ``features.train_with_cache`` (cut + cache), then ``engine.fit`` on the cached
+- the library path docs/features.md describes: the run's typed setup steps, the stage
+  (``training.stage``: ``features.train_with_cache``, cut + cache), then ``loop.fit`` on the cached
   features with ``save_model`` the full model.
 
 An epoch is timed from ``on_epoch_start`` to ``on_epoch_end``: training, validation and the
@@ -73,26 +73,19 @@ def via_train(data: Path, weights: str, *, epochs: int, cache: bool, tmp: Path) 
 
 
 def via_library(data: Path, weights: str, *, epochs: int, tmp: Path) -> tuple[EpochClock, float]:
-    """setup -> features.train_with_cache -> engine.fit; returns the clock and the cache build seconds."""
-    from regraft import features
-    from regraft.runs import RunDir
-    from regraft.training import loop as engine
-    from regraft.training import setup as _pipeline
+    """The run's own steps (bench/_regraft_setup.py), the stage on cached features, ``loop.fit``;
+    returns the clock and the seconds to build the stage (the cache included)."""
+    from _regraft_setup import prepare
+
+    from regraft.training import loop
 
     cfg = _cfg(data, weights, epochs=epochs, cache=True, tmp=tmp, name="library")
     timer = EpochClock()
-    accelerator = engine.make_accelerator(device="cpu")
-    run = RunDir.prepare(cfg.out, overwrite=True)
-    engine.seed_everything(cfg.seed)
-    setup = _pipeline.setup(cfg, strategy="head", accelerator=accelerator, run=run, notify=timer.on_message)
-    model = accelerator.unwrap_model(setup.model)
     with clock() as build:
-        cached = features.train_with_cache(model, plan=setup.plan, train_dataset=setup.train_dataset, val_dataset=setup.val_dataset,
-                                           cfg=cfg, accelerator=accelerator, head=setup.head, notify=timer.on_message)
-    if cached is None:
-        raise RuntimeError("features.train_with_cache declined to cache: " + "; ".join(timer.messages[-3:]))
-    engine.fit(cached.module, setup.plan, cached.train_loader, cached.val_loader, epochs=cfg.epochs, accelerator=accelerator,
-               run=run, seed=cfg.seed, callbacks=[timer], save_model=model, stage="train")
+        prepared = prepare(cfg, strategy="head", notify=timer.on_message)
+    if prepared.stage.model is prepared.net.model:
+        raise RuntimeError("the head stage did not train on cached features: " + "; ".join(timer.messages[-3:]))
+    loop.fit(prepared.stage, procs=prepared.procs, run=prepared.run, callbacks=[timer])
     return timer, build.wall
 
 
@@ -111,7 +104,7 @@ def part_a(data: Path, weights: str, *, epochs: int) -> tuple[list[str], list[st
     for name, clk, extra in (
         ("`regraft train --strategy head --no-feature-cache`", off, ""),
         ("`regraft train --strategy head` (feature cache on)", on, "" if on.cached() else "no `feature cache:` message: train() did not cache"),
-        ("`features.train_with_cache` + `engine.fit`", lib, f"building the cache: {build:.1f} s (included in setup)"),
+        ("`features.train_with_cache` + `loop.fit`", lib, f"building the stage and its cache: {build:.1f} s"),
     ):
         per = median(clk.seconds)
         rows.append([name, fmt(clk.setup_seconds, 1), " / ".join(f"{s:.3f}" for s in clk.seconds), fmt(per, 3),

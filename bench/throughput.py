@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         f"timing: every contestant is built once, warmed up ({o.warmup} steps), then all run {o.rounds} rounds in turn "
         f"(alternating order, so that the shared machine's drift hits both sides); a round = 1 untimed + {o.steps} timed "
         f"training steps (a new epoch), or 1 untimed + {o.infer_steps} timed inference batches",
-        "regraft from JPEGs: `regraft.training.setup.setup` (what `regraft.training.run.train` runs before training: discovery, decode "
-        "cache filled before the first step, loaders, `strategies.plan` strategy full, `accelerator.prepare`), then one "
+        "regraft from JPEGs: the typed steps `regraft.training.run.train` runs before training (bench/_regraft_setup.py: discovery, "
+        "decode cache filled before the first step, loaders, `strategies.plan` strategy full, the stage), then one "
         "`loop.fit` epoch per round; inference from JPEGs: `inference.images.image_batches` + the numerics of inference, the batch "
         "loop of `regraft eval`; regraft in memory: `loop.fit` / `loop.evaluate` on resident batches with a plan from `strategies.plan`",
         "plain: ImageFolder + torchvision transforms (RandomResizedCrop + flip; eval: resize + centre crop) + DataLoader + "

@@ -191,3 +191,31 @@ def test_the_page_embeds_thumbnails_and_escapes_names(tmp_path):
     assert "(unreadable)" in page and "leak: train ↔ validation" in page and "1 unusable file (1 empty)" in page
     assert ">train/img0.png<" in page  # captions under the data folder
     assert "default-src 'none'" in page and "<script" not in page.replace("&lt;script", "")
+
+
+def test_run_findings_feed_the_report_data_section(planted, tmp_path):
+    import json
+
+    from regraft.audit.findings import FINDINGS_FILE, run_findings, summary_counts
+    from regraft.report import render_html_report
+
+    train = [i for i, s in enumerate(planted["splits"]) if s == "train"]
+    val = [i for i, s in enumerate(planted["splits"]) if s == "val"]
+    names = ["<b>" + c + "</b>" for c in CLASSES]
+    x, y, paths = planted["x"], planted["labels"], planted["paths"]
+    findings = run_findings(x[train], y[train], x[val], y[val], classes=names, train_paths=[paths[i] for i in train],
+                            val_paths=[paths[i] for i in val], top=5)
+    assert findings["label_issues_total"] >= len(planted["wrong"]) and len(findings["label_issues"]) == 5
+    assert {i["path"] for i in findings["label_issues"]} <= {paths[i] for i in planted["wrong"]}
+    assert findings["duplicates_by"] == "features only" and findings["images"] == len(paths)
+    assert {frozenset((p["a"], p["b"])) for p in findings["leaks"]} >= {frozenset((paths[10], paths[11])),
+                                                                        frozenset((paths[120], paths[122]))}
+    assert summary_counts(findings) == {"label_issues": findings["label_issues_total"], "leaks": findings["leaks_total"]}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / FINDINGS_FILE).write_text(json.dumps(findings))
+    page = render_html_report(run)
+    assert '<section id="data">' in page and "Suspected label errors" in page and "across train and validation" in page
+    assert "<b>ant</b>" not in page and "&lt;b&gt;ant&lt;/b&gt;" in page
+    with pytest.raises(DataError, match="one path per cached row"):
+        run_findings(x[train], y[train], x[val], y[val], classes=names, train_paths=[], val_paths=[])

@@ -84,3 +84,26 @@ def test_fixes_that_do_not_fit_the_data_are_refused(data, tmp_path):
     fixes.write_text("path\n" + "\n".join(s.path for s in splits.train if s.label == 1) + "\n")
     with pytest.raises(DataError, match="leaves class 'green' without training images"):
         apply_fixes(splits, read_fixes(fixes))
+
+
+@pytest.mark.slow
+def test_train_exclude_trains_on_the_cleaned_set_and_records_it(data, tmp_path):
+    import json
+
+    from tests.helpers import TINY, ok, run_cli, user_error
+
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text("path,given,suggested,action\ntrain/blue/blue_000.png,blue,red,relabel\n"
+                     "train/green/green_001.png,green,,exclude\nval/red/red_000.png,red,,keep\n")
+    run = tmp_path / "run"
+    out = ok(run_cli("train", str(data), *TINY, "--weights", "none", "--epochs", "1", "--out", str(run),
+                     "--exclude", str(fixes)))
+    assert "fixes: " in out.stdout + out.stderr and "1 images excluded, 1 relabelled" in out.stdout + out.stderr
+    applied = json.loads((run / "fixes_applied.json").read_text())
+    assert [p.endswith("green_001.png") for p in applied["excluded"]] == [True]
+    assert applied["relabelled"][0][1:] == ["blue", "red"]
+    assert "exclude:" in (run / "config.yaml").read_text()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,action\ntrain/blue/blue_000.png,delete\n")
+    user_error(run_cli("train", str(data), *TINY, "--weights", "none", "--epochs", "1", "--out", str(tmp_path / "r2"),
+                       "--exclude", str(bad)), "unknown action 'delete'")

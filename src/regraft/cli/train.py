@@ -41,6 +41,7 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--device", "device", dict(metavar="D", help="auto | cpu | cuda | mps (default auto)")),
     ("--precision", "precision", dict(metavar="P", help="auto | fp32 | bf16 | fp16 (default auto: bf16 on a capable GPU or a CPU with AMX)")),
     ("--val-fraction", "val_fraction", dict(type=float, metavar="F", help="validation share when DATA has no split (default 0.2)")),
+    ("--exclude", "exclude", dict(metavar="FILE.csv", help="fixes CSV from 'regraft scan --model M --fixes': leave out rows marked exclude, move rows marked relabel")),
     ("--augment", "augment", dict(metavar="LEVEL", help="none | light | strong (default light)")),
     ("--freeze-to", "freeze_to", dict(metavar="STAGE", help="freeze from the stem up to and INCLUDING this stage (e.g. layer3)")),
     ("--train", "train", dict(metavar="PATHS", help="comma-separated paths/globs that train; all else frozen (e.g. fc1,fc2,head)")),

@@ -60,7 +60,8 @@ def planted() -> dict:
         x[b] = x[a] + 0.05 * torch.randn(d, generator=g)
         prints[b] = _near(prints[a], 3)
     x[140] = torch.randn(d, generator=g) * 0.5 - 30.0  # far from everything
-    prints[141] = Fingerprint(prints[141].hash, 1.5, prints[141].centre)  # a blank frame
+    x[141] = x.mean(dim=0) + 0.01 * torch.randn(d, generator=g)  # a blank frame: like nothing in particular ...
+    prints[141] = Fingerprint(prints[141].hash, 1.5, prints[141].centre)  # ... and near-uniform
     return {"x": x, "labels": given, "truth": labels, "paths": paths, "splits": splits, "prints": prints,
             "wrong": wrong, "copies": copies}
 
@@ -219,3 +220,27 @@ def test_run_findings_feed_the_report_data_section(planted, tmp_path):
     assert "<b>ant</b>" not in page and "&lt;b&gt;ant&lt;/b&gt;" in page
     with pytest.raises(DataError, match="one path per cached row"):
         run_findings(x[train], y[train], x[val], y[val], classes=names, train_paths=[], val_paths=[])
+
+
+def test_a_blatant_contradiction_is_flagged_even_below_the_class_threshold():
+    from regraft.audit.labels import flag_label_issues
+
+    p = np.full((20, 2), 0.0005)
+    p[:10, 0], p[10:, 1] = 0.9995, 0.9995  # the probes are sure of every image ...
+    p[3] = [0.04, 0.96]  # ... and of this one, filed as 0, being a 1 (below class 1's mean of 0.9995)
+    p[5] = [0.2, 0.8]  # doubtful, not blatant
+    labels = np.array([0] * 10 + [1] * 10)
+    found, _ = flag_label_issues(p, labels, method="confident-joint")
+    assert found.tolist() == [3]
+    assert flag_label_issues(p, labels, judged=np.arange(20) != 3, method="confident-joint")[0].tolist() == []
+
+
+def test_near_uniform_images_are_outliers_unless_their_class_is_dark(planted):
+    from regraft.audit.outliers import find_outliers
+
+    names = [CLASSES[int(c)] for c in planted["labels"]]
+    dark = {i for i, name in enumerate(names) if name == "ant"}
+    prints = [Fingerprint(f.hash, 2.0 if i in dark or i == 100 else f.detail, f.centre) for i, f in enumerate(planted["prints"])]
+    out = find_outliers(planted["x"], paths=planted["paths"], splits=planted["splits"], labels=names, fingerprints=prints)
+    flagged = {o.path for o in out if o.reason == FLAT}
+    assert flagged == {planted["paths"][100], planted["paths"][141]}  # not the 40 dark ants

@@ -15,7 +15,9 @@ On bench/deep_scan.py's photographs the planted page of text, printed text and c
 scored 0.77-0.85 and the highest ordinary image 0.72 (median 0.28); a z-score alone put the
 planted ones at only 2.3-2.7 robust deviations, among ordinary images of constructed data.
 Near-uniform images (too little detail for any picture: :attr:`regraft.data.phash.Fingerprint.flat`)
-are flagged whatever their neighbours.
+are flagged unless a quarter or more of their class is near-uniform too (``flat_share``): a
+blank frame among photographs is odd, the dark crops of a class of night-sky images are not (on
+the benchmark 13 of 36 crops of the moon were near-uniform, its shadow side).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def find_outliers(
     neighbours: int = 5,
     alone: float = 0.75,
     spread: float = 2.0,
+    flat_share: float = 0.25,
 ) -> list[Outlier]:
     """The outliers, highest score first (near-uniform images first of all).
 
@@ -67,7 +70,8 @@ def find_outliers(
         fingerprints: per image, for the near-uniform check (None: features only).
         neighbours: how many nearest images an image is compared with.
         alone: the least score flagged. spread: how many robust standard deviations above the
-            folder's median a score must be.
+            folder's median a score must be. flat_share: the share of near-uniform images in a
+            class from which they are that class's normal.
     """
     n = features.shape[0]
     if n < 3:
@@ -78,6 +82,11 @@ def find_outliers(
     mad = 1.4826 * float(np.median(np.abs(score - median)))
     far = (score >= alone) & (score > median + spread * max(mad, 1e-6))
     flat = np.array([f is not None and f.flat for f in fingerprints]) if fingerprints is not None else np.zeros(n, bool)
+    names = np.asarray(labels, dtype=object)
+    for name in set(names[flat].tolist()):
+        members = names == name
+        if flat[members].mean() >= flat_share:
+            flat &= ~members
     out = [Outlier(paths[i], splits[i], labels[i], round(float(score[i]), 4), FLAT if flat[i] else FAR)
            for i in np.flatnonzero(far | flat).tolist()]
     return sorted(out, key=lambda o: (o.reason != FLAT, -o.score, o.path))

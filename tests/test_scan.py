@@ -3,15 +3,26 @@ classes, imbalance, layout problems collected rather than raised; exit codes and
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from regraft.data import scan
 from regraft.errors import DataError
-from tests.helpers import BAD_KINDS, make_messy_folder
+from tests.helpers import (
+    BAD_KINDS,
+    chromium,
+    images_loaded_in_chromium,
+    make_messy_folder,
+    run_cli,
+    user_error,
+)
 from tests.imagegen import make_image_folder
 
 
@@ -112,3 +123,88 @@ def test_cli_missing_folder_is_one_line_and_exit_2(cli, tmp_path):
     out = cli("scan", str(tmp_path / "nope"))
     assert out.returncode == 2
     assert out.stderr.startswith("regraft: error: data folder not found") and out.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- the deep scan (--model)
+
+DEEP = ["--model", "test_resnet", "--weights", "none", "--img-size", "32", "--workers", "0", "--batch-size", "16"]
+_TINTS = {"blue": (40, 60, 200), "red": (200, 40, 40), "yellow": (210, 200, 40)}
+
+
+def _photo(tint: tuple[int, int, int], rng: np.random.Generator, size: int = 48) -> Image.Image:
+    """A tinted photograph-like image: smooth structure and grain (so hashes tell images apart)."""
+    coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC), dtype=np.float32)
+    mixed = 0.45 * smooth + 0.55 * np.array(tint, dtype=np.float32) + rng.normal(0, 5, smooth.shape)
+    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def deep_run(tmp_path_factory) -> dict:
+    """A folder of 3 tinted classes with 3 images filed under the wrong class and 2 copies (1 a leak),
+    deep-scanned once through the CLI (JSON, page, fixes) and once more (for the store)."""
+    tmp = tmp_path_factory.mktemp("deep")
+    rng = np.random.default_rng(0)
+    root = tmp / "noisy"
+    wrong = {}
+    for split, n in (("train", 14), ("val", 5)):
+        for name, tint in _TINTS.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                _photo(tint, rng).save(root / split / name / f"{name}_{i:02d}.jpg", quality=92)
+    for split, true, filed, i in (("train", "blue", "red", 3), ("train", "red", "yellow", 7), ("val", "yellow", "blue", 2)):
+        dst = root / split / filed / f"x{i:02d}.jpg"
+        (root / split / true / f"{true}_{i:02d}.jpg").rename(dst)
+        wrong[str(dst)] = (true, filed)
+    original, other = root / "train" / "blue" / "blue_05.jpg", root / "train" / "yellow" / "yellow_04.jpg"
+    Image.open(original).resize((33, 33), Image.BILINEAR).save(root / "val" / "blue" / "copy_a.jpg", quality=90)
+    Image.open(other).save(root / "train" / "yellow" / "copy_b.jpg", quality=35)
+    copies = [{str(original), str(root / "val" / "blue" / "copy_a.jpg")}, {str(other), str(root / "train" / "yellow" / "copy_b.jpg")}]
+    env = {"REGRAFT_CACHE_DIR": str(tmp / "cache")}
+    page, fixes = tmp / "scan.html", tmp / "fixes.csv"
+    first = run_cli("scan", str(root), *DEEP, "--json", "--html", str(page), "--fixes", str(fixes), env=env)
+    assert first.returncode == 0, first.stderr
+    second = run_cli("scan", str(root), *DEEP, "--top", "3", env=env)
+    assert second.returncode == 0, second.stderr
+    return {"root": root, "wrong": wrong, "copies": copies, "data": json.loads(first.stdout), "page": page,
+            "fixes": fixes, "text": second.stdout, "stderr": second.stderr, "tmp": tmp}
+
+
+def test_deep_scan_finds_the_planted_labels_and_copies_first(deep_run):
+    data, wrong = deep_run["data"], deep_run["wrong"]
+    issues = data["label_issues"]
+    assert {i["path"] for i in issues[: len(wrong)]} == set(wrong)
+    for issue in issues[: len(wrong)]:
+        assert (issue["suggested"], issue["given"]) == wrong[issue["path"]]
+    assert len(issues) <= len(wrong) + 1
+    assert [{p["a"], p["b"]} for p in data["near_duplicates"]] == deep_run["copies"]  # the leak first, nothing else
+    assert [p["leak"] for p in data["near_duplicates"]] == [True, False]
+    assert data["deep_scan"]["model"]["name"] == "timm:test_resnet" and data["deep_scan"]["probe"]["folds"] == 5
+    assert data["ok"] is False and any("suspected label errors" in p for p in data["problems"])
+
+
+def test_deep_scan_writes_fixes_and_reuses_the_store(deep_run):
+    rows = list(csv.DictReader(deep_run["fixes"].open()))
+    excluded = {r["path"] for r in rows if r["action"] == "exclude"}
+    assert excluded >= {os.path.relpath(p, deep_run["root"]) for p in deep_run["wrong"]}
+    assert "val/blue/copy_a.jpg" in {r["path"] for r in rows if "leak" in r["reason"]}
+    assert "59 computed" not in deep_run["stderr"] and "0 computed, 59 from the store" in deep_run["stderr"]
+    text = deep_run["text"]
+    assert "suspected label errors (most suspect first):" in text and "LEAK" in text
+    assert "... and" not in text.split("near-duplicates")[1]  # 2 pairs fit in --top 3
+
+
+def test_deep_scan_page_embeds_every_thumbnail_and_renders_in_chromium(deep_run):
+    html = deep_run["page"].read_text()
+    assert "script-src 'none'" in html and 'src="http' not in html and html.count('src="data:image/jpeg;base64,') >= 10
+    for path in deep_run["wrong"]:
+        assert f'alt="{path}"' in html
+    if chromium() is None:
+        pytest.skip("no chromium on this machine")
+    loaded, total, broken = images_loaded_in_chromium(html, deep_run["tmp"])
+    assert total >= 10 and loaded == total, broken
+
+
+def test_deep_scan_options_need_a_model(cli, toy_data, tmp_path):
+    user_error(cli("scan", str(toy_data), "--html", str(tmp_path / "x.html")), "--html needs the deep scan: add --model M")
+    user_error(cli("scan", str(toy_data), "--fixes", str(tmp_path / "f.csv")), "--fixes needs the deep scan")

@@ -7,11 +7,17 @@ import json
 import sys
 from typing import Any
 
-HELP = "check a data folder: counts, sizes, unreadable files, duplicates, leakage, imbalance"
+HELP = "check a data folder: unreadable files, duplicates, leakage, imbalance; with --model, label errors and near-copies"
 DESCRIPTION = """\
 Read every image of a data folder once and report images per class and split, sizes and modes,
 every unreadable, truncated, empty or non-image file by path, exact duplicates, images shared by
 train and validation (leakage) or by two classes, empty classes and class imbalance.
+
+With --model, also embed every image once with that pretrained network and report
+label_issues (images whose label the other images contradict, judged by cross-validated
+linear probes so that no image judges itself), near_duplicates (resized, re-encoded or
+cropped copies; a pair across train and validation is a leak) and outliers. --html writes a
+page of thumbnails, --fixes a CSV to edit and pass to 'regraft train --exclude'.
 
 Exit status: 0, or 1 with --strict when a problem was found (2 when DATA cannot be scanned).
 
@@ -19,6 +25,8 @@ examples:
   regraft scan data/pets
   regraft scan data/ --train-csv train.csv --val-csv val.csv --json > scan.json
   regraft scan data/pets --strict && regraft train data/pets --model resnet18
+  regraft scan data/pets --model resnet50 --html scan.html --fixes fixes.csv
+  regraft train data/pets --model resnet50 --exclude fixes.csv
 """
 
 _LIST_LIMIT = 20  # groups of duplicates/leakage shown in the human output (all of them in --json)
@@ -35,24 +43,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
     p.add_argument("--imbalance", type=float, default=3.0, metavar="X", help="flag train when its largest class has X times the smallest (default 3)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="decoding threads (default: CPUs, at most 8)")
+    deep = p.add_argument_group("deep scan (with --model)")
+    deep.add_argument("--model", metavar="M", help="embed every image with this torchvision/timm model and look for label errors, near-copies, outliers")
+    deep.add_argument("--weights", default="DEFAULT", metavar="W", help="its weights, as for 'regraft train --weights' (default DEFAULT)")
+    deep.add_argument("--img-size", type=int, default=None, metavar="N", help="input size (default: the pretrained config's)")
+    deep.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
+    deep.add_argument("--device", default="auto", metavar="D", help="auto | cpu | cuda | mps (default auto)")
+    deep.add_argument("--html", metavar="OUT", help="write a self-contained page of thumbnails of the findings")
+    deep.add_argument("--fixes", metavar="FILE.csv", help="write path,given,suggested,action,reason rows to edit for 'regraft train --exclude'")
+    deep.add_argument("--top", type=int, default=10, metavar="N", help="findings of each kind printed (default 10; all of them in --json)")
 
 
 def run(args: argparse.Namespace) -> int:
     from regraft.data import scan
+    from regraft.errors import ConfigError
 
+    if args.model is None and (args.html or args.fixes):
+        raise ConfigError(f"{'--html' if args.html else '--fixes'} needs the deep scan: add --model M (e.g. --model resnet50)")
+    if args.model is not None and args.top < 0:
+        raise ConfigError(f"--top must be 0 or more, got {args.top}")
     report = scan(
         args.data, val_fraction=args.val_fraction, seed=args.seed, train_csv=args.train_csv,
         val_csv=args.val_csv, classes_file=args.classes_file, imbalance_threshold=args.imbalance,
-        threads=args.workers,
+        threads=args.workers, fingerprints=args.model is not None,
     )
+    deep = _deep(args, report) if args.model is not None else None
+    problems = report.problems + (deep.problems() if deep is not None else [])
     if args.json:
-        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        data = report.to_dict()
+        if deep is not None:
+            data.update(deep.to_dict())
+            data["problems"], data["ok"] = problems, not problems
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
-        _print_report(report, quiet=getattr(args, "quiet", False))
-    return 1 if args.strict and not report.ok else 0
+        _print_report(report, quiet=getattr(args, "quiet", False), deep=deep, top=args.top)
+    return 1 if args.strict and problems else 0
 
 
-def _print_report(report: Any, *, quiet: bool) -> None:
+def _deep(args: argparse.Namespace, report: Any) -> Any:
+    from regraft.audit.scan import deep_scan, fix_rows
+
+    quiet = args.json or getattr(args, "quiet", False)
+    notify = (lambda line: None) if quiet else (lambda line: sys.stderr.write(f"{line}\n"))
+    deep = deep_scan(report, model=args.model, weights=args.weights, img_size=args.img_size, batch_size=args.batch_size,
+                     device=args.device, seed=args.seed, notify=notify)
+    if args.html:
+        from regraft.audit.page import write_scan_page
+
+        notify(f"wrote {write_scan_page(args.html, report, deep)}")
+    if args.fixes:
+        from regraft.data.fixes import write_fixes
+
+        notify(f"wrote {write_fixes(args.fixes, fix_rows(deep), root=report.root)}: edit the action column, then "
+               f"'regraft train {args.data} --exclude {args.fixes}'")
+    return deep
+
+
+def _print_report(report: Any, *, quiet: bool, deep: Any = None, top: int = 10) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -71,7 +118,9 @@ def _print_report(report: Any, *, quiet: bool) -> None:
             table.add_row(escape(name), str(report.counts["train"][name]), str(report.counts["val"][name]), str(bad) if bad else "")
         console.print(table)
         _print_summary(console, report)
-    _print_problems(console, report)
+    if deep is not None:
+        _print_deep(console, deep, top=top)
+    _print_problems(console, report, extra=deep.problems() if deep is not None else [])
 
 
 def _count_bad(report: Any) -> dict[str, int]:
@@ -98,14 +147,15 @@ def _print_summary(console: Any, report: Any) -> None:
         console.print(f"ignored {len(report.ignored)} non-image files, e.g. {escape(report.ignored[0])}")
 
 
-def _print_problems(console: Any, report: Any) -> None:
+def _print_problems(console: Any, report: Any, *, extra: list[str] | None = None) -> None:
     from rich.markup import escape
 
-    if report.ok:
+    problems = report.problems + list(extra or [])
+    if not problems:
         console.print("[green]no problems found[/]")
         return
-    console.print(f"[bold red]{len(report.problems)} problems:[/]")
-    for line in report.problems:
+    console.print(f"[bold red]{len(problems)} problems:[/]")
+    for line in problems:
         console.print(f"  - {escape(line)}")
     if report.bad_files:
         # one line per file, never wrapped, so that the paths can be copied or grepped
@@ -123,3 +173,30 @@ def _print_problems(console: Any, report: Any) -> None:
             console.print("  " + "  =  ".join(escape(p) for p in group), soft_wrap=True)
         if len(groups) > _LIST_LIMIT:
             console.print(f"  ... and {len(groups) - _LIST_LIMIT} more groups (all of them with --json)")
+
+
+def _print_deep(console: Any, deep: Any, *, top: int) -> None:
+    """The deep scan's findings: the probe's figure, then the first ``top`` of each kind."""
+    from rich.markup import escape
+
+    p = deep.probe
+    console.print(
+        f"deep scan: {deep.images} images embedded with {escape(deep.model.get('name', '?'))} "
+        f"({deep.model.get('computed', 0)} computed, {deep.model.get('reused', 0)} from the store); linear probe "
+        f"{p['validation']} accuracy {p['accuracy']:.3f} ± {p['accuracy_std']:.3f}"
+    )
+    sections = (
+        ("suspected label errors (most suspect first)", deep.label_issues,
+         lambda i: f"  {i.score:.2f}  {escape(i.path)}: filed as {escape(i.given)}, looks like {escape(i.suggested)}"),
+        ("near-duplicates (leaks first)", deep.near_duplicates,
+         lambda d: f"  {d.similarity:.3f}{'  LEAK' if d.leak else ''}  {escape(d.a)}  ~  {escape(d.b)}"),
+        ("outliers", deep.outliers, lambda o: f"  {o.score:.2f}  {escape(o.path)}: {escape(o.reason)}"),
+    )
+    for title, items, line in sections:
+        if not items or top == 0:
+            continue
+        console.print(f"[bold]{title}:[/]")
+        for item in items[:top]:
+            console.print(line(item), soft_wrap=True)
+        if len(items) > top:
+            console.print(f"  ... and {len(items) - top} more (all of them with --json or --html)")

@@ -45,6 +45,7 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--classes-file", "classes_file", dict(metavar="FILE", help="class names, one per line, in label order (default DATA/classes.txt if present)")),
     ("--time-budget", "time_budget", dict(type=float, metavar="SECONDS", help="auto: fine-tune only as many epochs as fit in this many seconds for the whole run")),
     ("--val-fraction", "val_fraction", dict(type=float, metavar="F", help="validation share when DATA has no split (default 0.2)")),
+    ("--exclude", "exclude", dict(metavar="FILE.csv", help="fixes CSV from 'regraft scan --model M --fixes': leave out rows marked exclude, move rows marked relabel")),
     ("--augment", "augment", dict(metavar="LEVEL", help="none | light | strong (default light)")),
     ("--freeze-to", "freeze_to", dict(metavar="STAGE", help="freeze from the stem up to and INCLUDING this stage (e.g. layer3)")),
     ("--train", "train", dict(metavar="PATHS", help="comma-separated paths/globs that train; all else frozen (e.g. fc1,fc2,head)")),

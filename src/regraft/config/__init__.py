@@ -106,6 +106,7 @@ class Config:
     train_csv: str | None = None  # CSV/TSV of path,label (paths relative to data)
     val_csv: str | None = None
     classes_file: str | None = None  # explicit class list, one per line
+    exclude: str | None = None  # fixes CSV (regraft scan --fixes): rows marked exclude are left out, relabel moved
     val_fraction: float = 0.2  # used when DATA has no val/valid/test split
     img_size: int | None = None  # overrides the pretrained config's input size
     augment: str = "light"  # none | light | strong

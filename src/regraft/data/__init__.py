@@ -1,4 +1,5 @@
-"""Data: discovery, CSVs and splits, robust decoding, transforms, the decode cache, loaders, scan.
+"""Data: discovery, CSVs and splits, robust decoding, transforms, the decode cache, loaders, scan,
+perceptual hashes and the fix loop's CSV.
 
 Typical use in a training pipeline::
 
@@ -29,6 +30,7 @@ __all__ = [
     "ImageDataset", "SkipLog", "read_skip_log", "check_readable", "sample_batch",
     "make_loader", "EpochBatchSampler", "default_workers",
     "scan", "ScanReport",
+    "Fix", "Fixes", "read_fixes", "write_fixes", "apply_fixes", "Fingerprint", "fingerprint",
 ]
 
 _WHERE = {
@@ -42,6 +44,8 @@ _WHERE = {
     "loader": ("make_loader", "default_workers"),
     "sampler": ("EpochBatchSampler",),
     "scanning": ("scan", "ScanReport"),
+    "fixes": ("Fix", "Fixes", "read_fixes", "write_fixes", "apply_fixes"),
+    "phash": ("Fingerprint", "fingerprint"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 

@@ -20,13 +20,20 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from regraft.data._layouts import find_splits
 from regraft.data._system import cpu_count
-from regraft.data.imageio import ImageDecodeError, _open, _open_loaded, read_image_bytes
+from regraft.data.imageio import (
+    ImageDecodeError,
+    _open,
+    _open_loaded,
+    decode_image,
+    read_image_bytes,
+)
+from regraft.data.phash import Fingerprint, fingerprint
 from regraft.data.splits import DataSplits
 
 __all__ = ["scan", "ScanReport", "BadFile"]
@@ -67,6 +74,12 @@ class ScanReport:
     formats: dict[str, int] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)  # non-image files in the class folders
     layout_problems: list[str] = field(default_factory=list)
+    # what the deep scan builds on; not part of the JSON
+    splits: DataSplits | None = field(default=None, repr=False)
+    digests: dict[str, str] = field(default_factory=dict, repr=False)  # path -> BLAKE2b of its bytes
+    fingerprints: dict[str, Fingerprint] = field(default_factory=dict, repr=False)  # with fingerprints=True
+
+    _PRIVATE = ("splits", "digests", "fingerprints")
 
     @property
     def problems(self) -> list[str]:
@@ -93,7 +106,9 @@ class ScanReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = asdict(replace(self, splits=None, digests={}, fingerprints={}))
+        for name in self._PRIVATE:
+            del data[name]
         data["problems"] = self.problems
         data["ok"] = self.ok
         return data
@@ -112,6 +127,7 @@ class _FileInfo:
     mode: str = ""
     format: str = ""
     error: ImageDecodeError | None = None
+    fingerprint: Fingerprint | None = None
 
 
 def scan(
@@ -125,6 +141,7 @@ def scan(
     imbalance_threshold: float = 3.0,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    fingerprints: bool = False,
 ) -> ScanReport:
     """Scan a data folder (same layouts and options as :func:`discover`).
 
@@ -134,6 +151,8 @@ def scan(
             the images of its smallest.
         threads: decoding threads (None = CPUs, at most 8).
         progress: called as ``progress(done, total)`` after each file.
+        fingerprints: also take each readable image's perceptual hash (``report.fingerprints``,
+            for the deep scan) from the same decode.
 
     Returns:
         A :class:`ScanReport`.
@@ -147,12 +166,14 @@ def scan(
         classes_file=classes_file, problems=problems,
     )
     items = [("train", s) for s in splits.train] + [("val", s) for s in splits.val]
-    infos = _inspect_all([s.path for _, s in items], threads=threads, progress=progress)
+    infos = _inspect_all([s.path for _, s in items], threads=threads, progress=progress, fingerprints=fingerprints)
     report = ScanReport(
         root=splits.root, layout=splits.layout, classes=splits.classes,
         counts={"train": _per_class(splits, "train"), "val": _per_class(splits, "val")},
         readable={"train": {}, "val": {}}, imbalance_threshold=imbalance_threshold,
-        ignored=splits.ignored, layout_problems=problems,
+        ignored=splits.ignored, layout_problems=problems, splits=splits,
+        digests={i.path: i.digest for i in infos if i.digest is not None and i.error is None},
+        fingerprints={i.path: i.fingerprint for i in infos if i.fingerprint is not None},
     )
     _tally(report, splits, items, infos)
     _find_duplicates(report, splits, items, infos)
@@ -163,10 +184,11 @@ def _per_class(splits: DataSplits, split: str) -> dict[str, int]:
     return dict(zip(splits.classes, splits.counts(split), strict=True))
 
 
-def _inspect_all(paths: list[str], *, threads: int | None, progress) -> list[_FileInfo]:
+def _inspect_all(paths: list[str], *, threads: int | None, progress, fingerprints: bool = False) -> list[_FileInfo]:
     out: list[_FileInfo] = []
+    inspect = _inspect_with_fingerprint if fingerprints else _inspect
     with ThreadPoolExecutor(max(1, threads or min(8, cpu_count())), thread_name_prefix="regraft-scan") as pool:
-        for info in pool.map(_inspect, paths):
+        for info in pool.map(inspect, paths):
             out.append(info)
             if progress is not None:
                 progress(len(out), len(paths))
@@ -181,6 +203,21 @@ def _inspect(path: str) -> _FileInfo:
         header = _open(data, name=path)
         info.width, info.height, info.mode, info.format = header.width, header.height, header.mode, header.format or "?"
         _open_loaded(data, name=path, draft=(64, 64))  # decodes every byte, at 1/8 scale for JPEGs
+    except ImageDecodeError as exc:
+        info.error = exc
+    return info
+
+
+def _inspect_with_fingerprint(path: str) -> _FileInfo:
+    """:func:`_inspect`, decoding upright RGB to take the perceptual hash too (JPEGs at the smallest
+    scale that keeps 128 px: at 64 px the centre hashes of cropped copies moved up to 12 bits, not 6)."""
+    info = _FileInfo(path)
+    try:
+        data = read_image_bytes(path)
+        info.digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        header = _open(data, name=path)
+        info.width, info.height, info.mode, info.format = header.width, header.height, header.mode, header.format or "?"
+        info.fingerprint = fingerprint(decode_image(data, name=path, draft=(128, 128)))
     except ImageDecodeError as exc:
         info.error = exc
     return info

@@ -22,6 +22,7 @@ from typing import Any
 
 from regraft.errors import RunError
 from regraft.report import _sections as S
+from regraft.report._data import data_findings
 from regraft.report._timeline import timeline
 from regraft.runs import RunDir, atomic_write_text
 
@@ -110,6 +111,7 @@ def render_html_report(run_dir: str | Path) -> str:
     _json_section(parts, run / "load_report.json", "load-report", "Load report", S.load_report, Mapping)
     _json_section(parts, run / "freeze_audit.json", "freeze-audit", "Freeze audit", S.freeze_audit, list)
     _json_section(parts, run / "surgery.json", "surgery", "Surgery", lambda d: S.pre(json.dumps(d, indent=2)), object)
+    _json_section(parts, run / "data_findings.json", "data", "Data", data_findings, Mapping)
     if config_text is not None:
         parts.append(("config", "Config", S.pre(config_text)))
     return _page(title, subtitle, parts)

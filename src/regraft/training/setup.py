@@ -105,6 +105,10 @@ def setup_data(
         cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed,
         train_csv=cfg.train_csv, val_csv=cfg.val_csv, classes_file=cfg.classes_file,
     )
+    if cfg.exclude:  # the fix loop (issue 20, regraft.data.fixes); what changed goes to RUN/fixes_applied.json
+        splits, applied = data.apply_fixes(splits, data.read_fixes(cfg.exclude))
+        run.write_json("fixes_applied.json", applied.to_dict())
+        notify(f"fixes: {applied.describe()}")
     classes = list(splits.classes)
     if len(classes) < 2:
         raise DataError(f"{cfg.data}: found {len(classes)} class ({', '.join(classes)}); a classifier needs at least 2 class folders")

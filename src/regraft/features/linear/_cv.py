@@ -18,6 +18,7 @@ from regraft.features.linear._solver import (
     DEFAULT_TOL,
     LinearFit,
     _Batch,
+    softmax,
     solve,
     solve_folds,
 )
@@ -282,7 +283,7 @@ class _Fold:
         # the solver's variables: the fit maps back with the same mean and scale
         v, c = self.problem.to_solver(fit.weight, fit.bias)
         z = self.x @ v.T + c
-        return torch.sigmoid(z) if fit.multilabel else torch.softmax(z, dim=1)
+        return torch.sigmoid(z) if fit.multilabel else softmax(z, dim=1)
 
     def scores(self, fit: LinearFit) -> tuple[float, float]:
         p = self.probabilities(fit).clamp(_EPS, 1 - _EPS)

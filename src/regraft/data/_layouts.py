@@ -18,7 +18,7 @@ from regraft.errors import DataError
 log = logging.getLogger("regraft.data.discovery")
 
 _PATH_COLUMNS = ("path", "file", "filename", "filepath", "file_path", "image", "image_path", "img", "name")
-_LABEL_COLUMNS = ("label", "class", "class_name", "target", "category", "y")
+_LABEL_COLUMNS = ("label", "labels", "class", "class_name", "classes", "target", "category", "tags", "y")
 
 
 class _Problems:
@@ -40,7 +40,8 @@ class _Problems:
 
 
 def find_splits(
-    root: Path, *, val_fraction: float, seed: int, train_csv, val_csv, classes_file, problems: list[str] | None
+    root: Path, *, val_fraction: float, seed: int, train_csv, val_csv, classes_file, problems: list[str] | None,
+    multilabel: bool = False, label_sep: str = ";",
 ) -> DataSplits:
     root = Path(os.path.abspath(root))
     if not root.is_dir():
@@ -50,6 +51,11 @@ def find_splits(
         )
     report = _Problems(problems)
     class_list = _read_classes_file(root, classes_file)
+    if multilabel:
+        from regraft.data._multilabel import find_multilabel_splits
+
+        return find_multilabel_splits(root, val_fraction=val_fraction, seed=seed, train_csv=train_csv, val_csv=val_csv,
+                                      class_list=class_list, label_sep=label_sep, report=report)
     if train_csv is not None or val_csv is not None:
         if train_csv is None:
             raise DataError("a validation CSV was given without a train CSV: pass --train-csv too")
@@ -196,11 +202,17 @@ def _from_csv(root: Path, train_csv, val_csv, class_list, val_fraction, seed, re
     return DataSplits(classes, train, val, "csv", str(root), [])
 
 
-def _read_rows(path: Path) -> list[tuple[str, str, int]]:
-    """``(path, label, line number)`` rows of a CSV/TSV file; the header, if any, is skipped."""
+def _read_rows(path: Path, *, label_sep: str | None = None) -> list[tuple[str, str, int]]:
+    """``(path, label, line number)`` rows of a CSV/TSV file; the header, if any, is skipped.
+
+    With ``label_sep`` (multi-label) an empty label cell is allowed (an image with no positive
+    label), and the columns are never split at the label separator.
+    """
     text = read_text(path, what="CSV file")
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
     delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in first else (";" if ";" in first and "," not in first else ",")
+    if label_sep is not None and delimiter == label_sep:
+        delimiter = ","
     reader = csv.reader(text.splitlines(), delimiter=delimiter)
     rows: list[tuple[str, str, int]] = []
     cols: tuple[int, int] | None = None
@@ -213,8 +225,9 @@ def _read_rows(path: Path) -> list[tuple[str, str, int]]:
             if is_header:
                 continue
         if len(cells) <= max(cols):
-            raise DataError(f"{path}:{reader.line_num}: expected 'path{delimiter}label', got {delimiter.join(cells)!r}")
-        if not cells[cols[0]] or not cells[cols[1]]:
+            what = "labels" if label_sep is not None else "label"
+            raise DataError(f"{path}:{reader.line_num}: expected 'path{delimiter}{what}', got {delimiter.join(cells)!r}")
+        if not cells[cols[0]] or (not cells[cols[1]] and label_sep is None):
             missing = "path" if not cells[cols[0]] else "label"
             raise DataError(
                 f"{path}:{reader.line_num}: empty {missing} in {delimiter.join(cells)!r}; every row needs a path and a class label"

@@ -11,6 +11,9 @@ Layouts, tried in this order:
     ``root/<class>/`` (or ``root/train/<class>/`` with no validation folder) split per class,
     ``val_fraction`` of each class to validation, deterministically from ``seed``.
 
+With ``multilabel=True`` each image has any number of labels (a tuple of label indices); the
+CSV and folder conventions are in ``regraft.data._multilabel`` and docs/data.md.
+
 Class names are the sorted class folder names (or, for CSVs, the sorted train labels), unless a
 classes file (one name per line) is given or ``root/classes.txt`` exists; its order then defines
 the label indices. Hidden files and folders, ``__MACOSX`` and non-image extensions are ignored.
@@ -41,6 +44,8 @@ def discover(
     train_csv: str | os.PathLike | None = None,
     val_csv: str | os.PathLike | None = None,
     classes_file: str | os.PathLike | None = None,
+    multilabel: bool = False,
+    label_sep: str = ";",
 ) -> DataSplits:
     """Find classes and train/validation samples under ``root`` (layouts in the module doc).
 
@@ -51,6 +56,9 @@ def discover(
         train_csv, val_csv: ``path,label`` files (comma or tab separated, header optional; a
             label is a class name or an index into the class list).
         classes_file: class names, one per line (default ``root/classes.txt`` when present).
+        multilabel: any number of labels per image (``regraft.data._multilabel``: CSV rows of
+            ``path,labels``; label folders whose copies of one image are merged by content).
+        label_sep: what separates an image's labels in a multi-label CSV cell.
 
     Returns:
         A :class:`DataSplits`; samples are sorted by path within each class.
@@ -61,5 +69,5 @@ def discover(
     """
     return find_splits(
         Path(root), val_fraction=val_fraction, seed=seed, train_csv=train_csv,
-        val_csv=val_csv, classes_file=classes_file, problems=None,
+        val_csv=val_csv, classes_file=classes_file, problems=None, multilabel=multilabel, label_sep=label_sep,
     )

@@ -152,6 +152,8 @@ class _CountingAccumulator:
 
     def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         k = logits.shape[1]
+        if y.shape[0] == 0:  # a batch whose every image failed to decode
+            return
         if self.totals is None:
             self.totals = torch.zeros(3 + 2 * k, dtype=torch.float64, device=logits.device)
         right = logits.argmax(dim=1) == y
@@ -220,6 +222,8 @@ class _CollectingAccumulator:
         self.loss: torch.Tensor | None = None
 
     def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        if y.shape[0] == 0:  # a batch whose every image failed to decode
+            return
         part = self.rules.loss_sum(logits, y)
         self.loss = part if self.loss is None else self.loss + part
         self.logits.append(logits.detach().float().cpu())

@@ -33,7 +33,7 @@ from regraft.data._layouts import find_splits
 from regraft.data.files import IMAGE_EXTENSIONS, VAL_DIR_NAMES
 from regraft.data.splits import DataSplits, Sample, split_stratified
 
-__all__ = ["Sample", "DataSplits", "discover", "split_stratified", "IMAGE_EXTENSIONS", "VAL_DIR_NAMES"]
+__all__ = ["Sample", "DataSplits", "discover", "split_stratified", "label_folders", "IMAGE_EXTENSIONS", "VAL_DIR_NAMES"]
 
 
 def discover(
@@ -71,3 +71,17 @@ def discover(
         Path(root), val_fraction=val_fraction, seed=seed, train_csv=train_csv,
         val_csv=val_csv, classes_file=classes_file, problems=None, multilabel=multilabel, label_sep=label_sep,
     )
+
+
+def label_folders(folder: str | os.PathLike, classes: list[str]) -> list[Sample]:
+    """Multi-label images under ``folder/<label>/``, one sample per distinct image (copies in several
+    label folders merged by content, as :func:`discover` does); label folders may be missing or empty.
+
+    Raises:
+        DataError: a label folder whose name is not in ``classes``.
+    """
+    from regraft.data._layouts import _Problems
+    from regraft.data._multilabel import label_folder_samples
+
+    samples, _ = label_folder_samples(Path(folder), list(classes), _Problems(None), required=False)
+    return samples

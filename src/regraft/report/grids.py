@@ -29,7 +29,8 @@ TopLoss = tuple[Any, str, str, float, float]
 _CELL_INCHES = 2.1
 
 
-def plot_top_losses(items: Sequence[TopLoss], path: str | Path, *, n: int = 16) -> Path:
+def plot_top_losses(items: Sequence[TopLoss], path: str | Path, *, n: int = 16, heading: str | None = None,
+                    empty: str = "no misclassified validation images") -> Path:
     """Draw ``top_losses.png``: the ``n`` highest-loss images, each titled "true / pred / prob".
 
     With no items (nothing misclassified) the figure says so instead of failing.
@@ -39,6 +40,8 @@ def plot_top_losses(items: Sequence[TopLoss], path: str | Path, *, n: int = 16) 
             in any order; they are sorted by loss, highest first.
         path: where to write the PNG.
         n: how many images to show at most.
+        heading: the figure's title (default: what the titles of a single-label run say).
+        empty: what the figure says when there are no items.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -59,8 +62,8 @@ def plot_top_losses(items: Sequence[TopLoss], path: str | Path, *, n: int = 16) 
         f"{short_label(t, limit=12)} / {short_label(p, limit=12)} / {float(prob):.2f}\nloss {float(loss):.2f}"
         for _, t, p, prob, loss in chosen
     ]
-    heading = "top losses: true / predicted / probability of prediction"
-    return _grid(images, titles, path, heading=heading, empty="no misclassified validation images", title_color="#b22222")
+    heading = heading or "top losses: true / predicted / probability of prediction"
+    return _grid(images, titles, path, heading=heading, empty=empty, title_color="#b22222")
 
 
 def plot_samples(

@@ -45,13 +45,14 @@ __all__ = [
     "Task", "Balance", "BalanceChoice", "choose_balance", "class_weights", "pos_weights", "sample_weights",
     "imbalance_ratio", "AUTO_RATIO",
     "TaskRules", "rules", "Thresholds", "choose_thresholds", "DEFAULT_THRESHOLD",
-    "probabilities", "above_thresholds", "read_thresholds",
+    "probabilities", "above_thresholds", "read_thresholds", "balanced_accuracy", "label_table", "average_precisions",
 ]
 
 _WHERE = {
     "regraft.tasks._rules": ("TaskRules", "rules"),
     "regraft.tasks._thresholds": ("Thresholds", "choose_thresholds"),
     "regraft.tasks.decide": ("DEFAULT_THRESHOLD", "probabilities", "above_thresholds", "read_thresholds"),
+    "regraft.tasks._metrics": ("balanced_accuracy", "label_table", "average_precisions"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 

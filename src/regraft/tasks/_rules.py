@@ -115,6 +115,11 @@ class TaskRules:
         """The ``summary.json`` fields of the kept weights' validation outputs beyond the row's figures."""
         raise NotImplementedError
 
+    def prediction_columns(self, logits: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], *,
+                           thresholds: Sequence[float] | None = None) -> tuple[list[str], list[list[str]]]:
+        """``val_predictions.csv`` without its ``path`` column: the header and one row per image."""
+        raise NotImplementedError
+
 
 class _Multiclass(TaskRules):
     task = Task.MULTICLASS
@@ -141,6 +146,15 @@ class _Multiclass(TaskRules):
 
     def summary(self, logits, targets, classes, *, thresholds=None) -> dict[str, Any]:
         return multiclass_summary(logits, targets, classes)
+
+    def prediction_columns(self, logits, targets, classes, *, thresholds=None) -> tuple[list[str], list[list[str]]]:
+        probs = torch.softmax(logits.float(), dim=1)
+        rows = []
+        for p, target in zip(probs, targets.tolist(), strict=True):
+            predicted = int(p.argmax())
+            rows.append([classes[target], classes[predicted], str(int(predicted == target)),
+                         f"{float(p[target]):.6g}", f"{float(p[predicted]):.6g}"])
+        return ["label", "predicted", "correct", "p_label", "p_predicted"], rows
 
 
 class _CountingAccumulator:
@@ -211,6 +225,17 @@ class _Multilabel(TaskRules):
     def summary(self, logits, targets, classes, *, thresholds=None) -> dict[str, Any]:
         return multilabel_summary(logits, targets, classes, thresholds=thresholds)
 
+    def prediction_columns(self, logits, targets, classes, *, thresholds=None) -> tuple[list[str], list[list[str]]]:
+        """``labels`` and ``predicted`` joined by ``;``, ``correct`` = the same set, then one probability per label."""
+        probs = torch.sigmoid(logits.float())
+        limits = list(thresholds) if thresholds is not None else [0.5] * len(classes)
+        rows = []
+        for p, t in zip(probs, targets, strict=True):
+            truth = [c for j, c in enumerate(classes) if float(t[j]) > 0.5]
+            chosen = [c for j, c in enumerate(classes) if float(p[j]) > limits[j]]
+            rows.append([";".join(truth), ";".join(chosen), str(int(truth == chosen)), *(f"{float(v):.6g}" for v in p)])
+        return ["labels", "predicted", "correct", *(f"p_{c}" for c in classes)], rows
+
 
 class _CollectingAccumulator:
     """Multi-label: mAP needs every image's outputs at once, so they are kept (and gathered under DDP)."""
@@ -235,7 +260,7 @@ class _CollectingAccumulator:
         loss = self.loss if self.loss is not None else torch.zeros((), dtype=torch.float64, device=self.device)
         loss = float(reduce_sum(loss.reshape(1).to(torch.float64)).sum())
         if not parts:
-            return Evaluation(float("nan"), 0, {"val_map": 0.0, "val_f1_macro": 0.0, "val_f1_micro": 0.0})
+            return Evaluation(0.0, 0, {"val_map": 0.0, "val_f1_macro": 0.0, "val_f1_micro": 0.0})
         logits, targets = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         n = len(targets)
         return Evaluation(loss / max(n, 1), n, multilabel_figures(logits, targets))

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -160,5 +161,5 @@ def _grid(images: list[np.ndarray], titles: list[str], path: str | Path, *, head
             ax.set_title(text, fontsize=7.5, color=title_color)
         if not count:
             axes[0].text(0.5, 0.5, empty, ha="center", va="center", fontsize=11, transform=axes[0].transAxes)
-        fig.suptitle(heading, fontsize=10)
+        fig.suptitle(textwrap.fill(heading, width=max(30, int(figsize[0] * 13))), fontsize=10)  # ~13 characters an inch
     return Path(path)

@@ -148,6 +148,8 @@ def setup_data(
                f"at most ~{max(counts)} per class: every image trains, {regime[2:]}-fold cross-validation is the evidence")
     else:
         notify(f"data: {len(splits.train)} training and {len(splits.val)} validation images in {kinds}")
+    if len(splits.train) < 2:  # a batch of one image breaks BatchNorm in training mode
+        raise DataError(f"{cfg.data}: {len(splits.train)} training image; training needs at least 2: add images")
     unreadable = data.check_readable(splits)  # raises when a class has no readable image
     if unreadable:
         more = " ..." if len(unreadable) > 3 else ""

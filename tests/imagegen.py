@@ -51,15 +51,59 @@ def make_image_folder(
     val_per_class: int | None = None,
     seed: int = 0,
     ext: str = ".png",
+    counts: dict[str, int] | None = None,
 ) -> Path:
-    """Write ``root/{train,val}/<class>/*.png`` (or ``root/<class>/*`` when ``split=False``)."""
+    """Write ``root/{train,val}/<class>/*.png`` (or ``root/<class>/*`` when ``split=False``).
+
+    ``counts`` gives some classes their own number of training images (an imbalanced folder);
+    their validation share is half of it, at least 2.
+    """
     rng = np.random.default_rng(seed)
     root = Path(root)
     splits = {"train": per_class, val_name: val_per_class or max(per_class // 2, 2)} if split else {"": per_class}
-    for split_name, n in splits.items():
+    for split_name, n_split in splits.items():
         for cls in classes:
+            n = n_split
+            if counts and cls in counts:
+                n = counts[cls] if split_name in ("train", "") else max(counts[cls] // 2, 2)
             d = root / split_name / cls if split_name else root / cls
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 make_image(class_colour(cls), size, rng).save(d / f"{cls}_{i:03d}{ext}")
+    return root
+
+
+def make_multilabel_image(labels, names, size: int, rng: np.random.Generator) -> Image.Image:
+    """A gray noisy image with one coloured patch per present label, each label in its own place."""
+    arr = np.clip(rng.normal(110, 12, size=(size, size, 3)), 0, 255)
+    cells = int(np.ceil(np.sqrt(len(names))))
+    step = size // cells
+    for j, name in enumerate(names):
+        if name in labels:
+            r, c = divmod(j, cells)
+            arr[r * step + 1 : (r + 1) * step - 1, c * step + 1 : (c + 1) * step - 1] = class_colour(name)
+    return Image.fromarray(arr.astype(np.uint8), "RGB")
+
+
+def make_multilabel_data(
+    root: Path, *, names=("red", "green", "blue"), n_train: int = 36, n_val: int = 18, size: int = 32, seed: int = 0,
+    sep: str = ";", empty_every: int = 0,
+) -> Path:
+    """``root/images/*.png`` with overlapping labels and ``root/train.csv``, ``root/val.csv`` (``path,labels``).
+
+    Each image carries a random non-empty subset of ``names`` (every ``empty_every``-th image none);
+    the subsets cycle so every label has positives in both splits.
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    subsets = [tuple(n for j, n in enumerate(names) if (k >> j) & 1) for k in range(1, 2 ** len(names))]
+    for split, count in (("train", n_train), ("val", n_val)):
+        lines = ["path,labels"]
+        for i in range(count):
+            labels = () if empty_every and i % empty_every == empty_every - 1 else subsets[(i + rng.integers(0, 2)) % len(subsets)]
+            rel = f"images/{split}_{i:03d}.png"
+            make_multilabel_image(labels, names, size, rng).save(root / rel)
+            lines.append(f"{rel},{sep.join(labels)}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return root

@@ -10,13 +10,19 @@ from regraft.training.loop import Callback, EpochResult
 
 
 def epoch_line(r: EpochResult, epochs: int) -> str:
-    """One evaluation as a line; ``lr`` is the mean LR of the steps it covers (the LR used)."""
+    """One evaluation as a line; ``lr`` is the mean LR of the steps it covers (the LR used). A
+    multi-label row shows its mAP and macro F1 (at 0.5) where a single-label one shows accuracy."""
     stage = f"[{r.stage}] " if r.stage not in ("train", "") else ""
     epoch = f"{r.epoch:.2f}" if not float(r.epoch).is_integer() else str(int(r.epoch))
     lr = f"  lr {r.lr:.2e}" if r.lr is not None else ""
+    train_acc = f" acc {r.train_acc:.3f}" if r.train_acc is not None else ""
+    if r.val_acc is not None:
+        val = f" acc {r.val_acc:.3f}"
+    else:
+        val = f" mAP {r.extra.get('val_map', math.nan):.3f} F1 {r.extra.get('val_f1_macro', math.nan):.3f}"
     return (
-        f"{stage}epoch {epoch}/{epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.3f}  "
-        f"val loss {r.val_loss:.4f} acc {r.val_acc:.3f}{lr}  "
+        f"{stage}epoch {epoch}/{epochs}  train loss {r.train_loss:.4f}{train_acc}  "
+        f"val loss {r.val_loss:.4f}{val}{lr}  "
         f"{r.images_per_sec:.1f} img/s  {r.epoch_seconds:.1f}s"
     )
 

@@ -13,6 +13,10 @@ path, so its accuracy is summary.json's best_val_acc exactly (and its loss to ro
 
 --tta flip averages each image with its mirror image; flip+crops uses the centre and four corner
 crops, each mirrored (10 views). The plain figures are printed beside the TTA ones.
+
+Balanced accuracy is the mean of the classes' recalls. A multi-label run reports mAP (what its
+best_val_map is), macro and micro F1 and exact match at its per-label thresholds, and a table of
+each label's AP, threshold, precision, recall and F1; --data is then a folder of label folders.
 """
 
 
@@ -30,11 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _summary_line(m: dict[str, Any]) -> str | None:
     ref = m.get("summary")
-    if not ref or "best_val_acc" not in ref:
+    key, mine = ("best_val_map", "map") if m.get("task") == "multilabel" else ("best_val_acc", "accuracy")
+    if not ref or key not in ref:
         return None
-    acc, loss = ref["best_val_acc"], ref.get("best_val_loss")
-    shown = f"summary.json: best_val_acc {acc:.4f}" + (f", best_val_loss {loss:.4f}" if loss is not None else "")
-    same = m["accuracy"] == acc and (loss is None or abs(m["loss"] - loss) <= 1e-5)
+    acc, loss = ref[key], ref.get("best_val_loss")
+    shown = f"summary.json: {key} {acc:.4f}" + (f", best_val_loss {loss:.4f}" if loss is not None else "")
+    same = m[mine] == acc and (loss is None or abs(m["loss"] - loss) <= 1e-5)
     if same:
         return f"{shown}: reproduced"
     why = "; summary.json's figures are fp32" if m["precision"] != "fp32" else ""
@@ -45,6 +50,9 @@ def _tta_line(m: dict[str, Any]) -> str | None:
     t = m.get("tta")
     if not t:
         return None
+    if m.get("task") == "multilabel":
+        return (f"{t['views']} TTA ({t['n_views']} views): mAP {t['map']:.4f} ({t['map'] - m['map']:+.4f} vs plain)  "
+                f"loss {t['loss']:.4f}  macro F1 {t['f1_macro']:.4f}; label set changed on {t['changed']} of {t['n_images']} images")
     gain = t["accuracy"] - m["accuracy"]
     return (f"{t['views']} TTA ({t['n_views']} views): accuracy {t['accuracy']:.4f} ({gain:+.4f} vs plain)  loss {t['loss']:.4f}  "
             f"macro F1 {t['macro_f1']:.4f}  ECE {t['ece']:.4f}; top-1 changed on {t['changed']} of {t['n_images']} images")
@@ -61,23 +69,46 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(m, indent=2))
         return 0
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(soft_wrap=True)
-    console.print(f"{m['data']}: {m['n_images']} images  accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  "
-                  f"macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}", highlight=False)
+    multilabel = m.get("task") == "multilabel"
+    if multilabel:
+        console.print(f"{m['data']}: {m['n_images']} images  mAP {m['map']:.4f}  loss {m['loss']:.4f}  macro F1 {m['f1_macro']:.4f}  "
+                      f"micro F1 {m['f1_micro']:.4f}  exact match {m['exact_match']:.4f} (at the run's thresholds)", highlight=False)
+    else:
+        console.print(f"{m['data']}: {m['n_images']} images  accuracy {m['accuracy']:.4f}  balanced accuracy "
+                      f"{m['balanced_accuracy']:.4f}  loss {m['loss']:.4f}  macro F1 {m['macro_f1']:.4f}  ECE {m['ece']:.4f}",
+                      highlight=False)
     console.print(f"weights: {m['weights']}; numerics: {m['precision']}, batches of {m['batch_size']}", highlight=False)
     for line in (_summary_line(m), _tta_line(m)):
         if line:
             console.print(line, highlight=False)
-    table = Table("class", "support", "accuracy", "precision", "recall", "F1")
-    for name, v in m["per_class"].items():
-        table.add_row(name, str(v["support"]), f"{v['accuracy']:.3f}", f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}")
-    console.print(table)
-    cm = Table("true \\ predicted", *m["classes"], title="confusion matrix")
-    for name, row in zip(m["classes"], m["confusion_matrix"], strict=True):
-        cm.add_row(name, *map(str, row))
-    console.print(cm)
+    for table in (_label_table(m),) if multilabel else _class_tables(m):
+        console.print(table)
     for path in m["skipped"]:
         console.print(f"skipped unreadable image: {path}", highlight=False)
     return 0
+
+
+def _class_tables(m: dict[str, Any]) -> list[Any]:
+    from rich.table import Table
+
+    table = Table("class", "support", "accuracy", "precision", "recall", "F1")
+    for name, v in m["per_class"].items():
+        table.add_row(name, str(v["support"]), f"{v['accuracy']:.3f}", f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}")
+    cm = Table("true \\ predicted", *m["classes"], title="confusion matrix")
+    for name, row in zip(m["classes"], m["confusion_matrix"], strict=True):
+        cm.add_row(name, *map(str, row))
+    return [table, cm]
+
+
+def _label_table(m: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    def fmt(v: Any) -> str:
+        return "—" if v is None else f"{v:.3f}"
+
+    table = Table("label", "positives", "AP", "threshold", "precision", "recall", "F1")
+    for name, v in m["per_label"].items():
+        table.add_row(name, str(v["support"]), fmt(v["ap"]), fmt(v["threshold"]), fmt(v["precision"]), fmt(v["recall"]), fmt(v["f1"]))
+    return table

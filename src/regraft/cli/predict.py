@@ -13,6 +13,9 @@ probabilities within 1e-4.
 
 --tta flip / flip+crops averages the probabilities of 2 / 10 views of each image (the plain
 top-1 is shown beside); it works for .onnx files too.
+
+A multi-label run prints every label whose probability is above its threshold (chosen on
+validation, kept in model.json), or "no label above its threshold".
 """
 
 
@@ -55,8 +58,20 @@ def run(args: argparse.Namespace) -> int:
             if "error" in r:
                 print(f"{r['path']}: {r['error']}")
                 continue
-            line = f"{r['path']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
-            if "plain" in r:
-                line += f"  (plain: {r['plain']['class']} {r['plain']['prob']:.3f})"
-            print(line)
+            print(_line(r))
     return 1 if any("error" in r for r in results) and all("error" in r for r in results) else 0
+
+
+def _line(r: dict) -> str:
+    """``path: cat 0.973, dog 0.012``; multi-label: the labels above their thresholds."""
+    if "labels" in r:
+        chosen = r["labels"]
+        shown = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in chosen) if chosen else "no label above its threshold"
+        line = f"{r['path']}: {shown}"
+        if "plain" in r:
+            line += "  (plain: " + (", ".join(t["class"] for t in r["plain"]) or "none") + ")"
+        return line
+    line = f"{r['path']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
+    if "plain" in r:
+        line += f"  (plain: {r['plain']['class']} {r['plain']['prob']:.3f})"
+    return line

@@ -11,7 +11,14 @@ DESCRIPTION = """\
 Fine-tune MODEL on DATA and write a run folder (weights, config, metrics, plots, report).
 
 DATA is a folder with train/ and one of val/, valid/, test/ (class subfolders in each), or one
-folder of class subfolders, split stratified by --val-fraction with the seed.
+folder of class subfolders, split stratified by --val-fraction with the seed, or the root of
+--train-csv/--val-csv lists.
+
+--task multilabel: any number of labels per image (a sigmoid per label, thresholds chosen on
+validation): CSV rows 'path,labels' with the labels separated by --label-sep (default ';'), or
+label folders holding a copy of an image in each of its labels' folders (docs/tasks.md).
+--balance auto (default) weights the loss by inverse class frequency when the largest class has
+3x the images of the smallest or more, and says so; none, loss, sampler choose yourself.
 
 Strategies: auto (lp-ft with pretrained weights, scratch without), scratch, head, partial,
 full (head at 10x LR), lp-ft (fit the head on frozen features, then fine-tune all), gradual.
@@ -20,6 +27,7 @@ Examples:
   regraft train data/hotdog --model resnet18 --epochs 5
   regraft train data/flowers --model timm:convnext_tiny --weights timm/convnext_tiny.fb_in1k
   regraft train --config recipe.yaml --lr 3e-4
+  regraft train data/tags --train-csv train.csv --val-csv val.csv --task multilabel --model resnet18
   regraft train --resume runs/resnet18-full-20261123-101500
 """
 
@@ -40,12 +48,16 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--seed", "seed", dict(type=int, metavar="N", help="random seed (default 0)")),
     ("--device", "device", dict(metavar="D", help="auto | cpu | cuda | mps (default auto)")),
     ("--precision", "precision", dict(metavar="P", help="auto | fp32 | bf16 | fp16 (default auto: bf16 on a capable GPU or a CPU with AMX)")),
-    ("--train-csv", "train_csv", dict(metavar="FILE", help="CSV/TSV of path,label for training (paths relative to DATA)")),
+    ("--train-csv", "train_csv", dict(metavar="FILE", help="CSV/TSV of path,label rows for training (multi-label: path,labels), paths relative to DATA")),
     ("--val-csv", "val_csv", dict(metavar="FILE", help="CSV/TSV of path,label for validation")),
     ("--classes-file", "classes_file", dict(metavar="FILE", help="class names, one per line, in label order (default DATA/classes.txt if present)")),
     ("--time-budget", "time_budget", dict(type=float, metavar="SECONDS", help="auto: fine-tune only as many epochs as fit in this many seconds for the whole run")),
     ("--val-fraction", "val_fraction", dict(type=float, metavar="F", help="validation share when DATA has no split (default 0.2)")),
     ("--exclude", "exclude", dict(metavar="FILE.csv", help="fixes CSV from 'regraft scan --model M --fixes': leave out rows marked exclude, move rows marked relabel")),
+    ("--task", "task", dict(metavar="T", help="multiclass (one class per image, default) | multilabel (any number of labels)")),
+    ("--label-sep", "label_sep", dict(metavar="SEP", help="multilabel: what separates an image's labels in a CSV cell (default ';')")),
+    ("--multilabel-loss", "multilabel_loss", dict(metavar="L", help="multilabel: bce (default) | asl (asymmetric loss, for many sparse labels)")),
+    ("--balance", "balance", dict(metavar="B", help="auto (default: loss from 3x imbalance, says why) | none | loss (class-weighted loss) | sampler (class-balanced sampler)")),
     ("--augment", "augment", dict(metavar="LEVEL", help="none | light | strong (default light)")),
     ("--freeze-to", "freeze_to", dict(metavar="STAGE", help="freeze from the stem up to and INCLUDING this stage (e.g. layer3)")),
     ("--train", "train", dict(metavar="PATHS", help="comma-separated paths/globs that train; all else frozen (e.g. fc1,fc2,head)")),
@@ -208,12 +220,14 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_line(s: dict[str, Any], path: Any) -> str:
     """The last line of ``regraft train``: the kept model's figure, where it comes from, the run folder."""
-    acc = s.get("best_val_acc")
+    key = str(s.get("primary") or "val_acc")
+    name = "mAP" if key == "val_map" else "acc"
+    acc = s.get(f"best_{key}")
     if str(s.get("validation", "holdout")).startswith("cv"):
-        std = s.get("best_val_acc_std")
-        figure = f"cross-validated acc {acc:.4f}" + (f" ± {std:.4f}" if std is not None else "") + f" ({s['validation'][2:]}-fold)"
+        std = s.get(f"best_{key}_std")
+        figure = f"cross-validated {name} {acc:.4f}" + (f" ± {std:.4f}" if std is not None else "") + f" ({s['validation'][2:]}-fold)"
     else:
-        figure = f"best val acc {acc:.4f}"
+        figure = f"best val {name} {acc:.4f}"
     stage = s.get("best_stage")
     if stage == "probe":
         where = "from the probe"
@@ -221,9 +235,11 @@ def summary_line(s: dict[str, Any], path: Any) -> str:
         where = f"from the WiSE-FT mix α {s.get('wise_ft', {}).get('alpha')}"
     else:
         where = f"at epoch {s.get('best_epoch')} of {s.get('epochs')}"
-    line = f"{figure} {where} ({s.get('wall_seconds', 0):.1f}s); run folder: {path}"
+    f1 = s.get("f1_macro_at_thresholds")
+    at = f", macro F1 {f1:.4f} at the labels' thresholds" if f1 is not None else ""
+    line = f"{figure} {where}{at} ({s.get('wall_seconds', 0):.1f}s); run folder: {path}"
     ema = s.get("ema") or {}
     if ema.get("beats_kept"):
-        line += (f"\nthe EMA weights do better (val acc {ema['best_val_acc']:.4f} at epoch {ema['best_epoch']}): "
+        line += (f"\nthe EMA weights do better (val {name} {ema[f'best_{key}']:.4f} at epoch {ema['best_epoch']}): "
                  "use them with --weights ema in eval, predict and export")
     return line

@@ -34,7 +34,7 @@ from regraft.errors import ConfigError
 
 __all__ = [
     "Config", "load_config", "read_recipe", "drop_untrusted", "parse_override", "parse_bytes",
-    "STRATEGIES", "OPTIMIZERS", "SCHEDULES", "UNTRUSTED_KEYS",
+    "STRATEGIES", "OPTIMIZERS", "SCHEDULES", "UNTRUSTED_KEYS", "TASKS", "BALANCES", "MULTILABEL_LOSSES",
 ]
 
 STRATEGIES = ("auto", "scratch", "probe", "head", "partial", "full", "lp-ft", "gradual")
@@ -45,6 +45,9 @@ PRECISIONS = ("auto", "no", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 TRACKERS = ("tensorboard", "mlflow")
+TASKS = ("multiclass", "multilabel")  # regraft.tasks.Task: what the labels are
+BALANCES = ("auto", "none", "loss", "sampler")  # regraft.tasks.Balance: class imbalance
+MULTILABEL_LOSSES = ("bce", "asl")  # BCE-with-logits, or the asymmetric loss (Ridnik et al. 2021)
 
 # Closed choices, checked in validate(); the error lists the valid values.
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -54,6 +57,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "augment": AUGMENTS,
     "precision": PRECISIONS,
     "device": DEVICES,
+    "task": TASKS,
+    "balance": BALANCES,
+    "multilabel_loss": MULTILABEL_LOSSES,
 }
 
 
@@ -102,11 +108,14 @@ class Config:
     model: str | None = None  # torchvision or timm name; "timm:NAME"/"torchvision:NAME" force a zoo
     weights: str = "DEFAULT"  # none | DEFAULT | enum name | hub tag | file | URL
     strategy: str = "auto"  # auto = decide from the probe's evidence with pretrained weights, scratch without
+    task: str = "multiclass"  # multiclass (one class per image) | multilabel (any number of labels per image)
     # --- data
     train_csv: str | None = None  # CSV/TSV of path,label (paths relative to data)
     val_csv: str | None = None
     classes_file: str | None = None  # explicit class list, one per line
     exclude: str | None = None  # fixes CSV (regraft scan --fixes): rows marked exclude are left out, relabel moved
+    label_sep: str = ";"  # multilabel: what separates an image's labels in a CSV cell ("cat;dog")
+    balance: str = "auto"  # auto | none | loss (class-weighted loss) | sampler (class-balanced sampler)
     val_fraction: float = 0.2  # used when DATA has no val/valid/test split
     img_size: int | None = None  # overrides the pretrained config's input size
     augment: str = "light"  # none | light | strong
@@ -171,6 +180,7 @@ class Config:
     grad_accum: int = 1
     clip_grad: float | None = None
     label_smoothing: float = 0.0
+    multilabel_loss: str = "bce"  # multilabel: bce (BCE-with-logits) | asl (asymmetric loss)
     ema: float | None = None  # EMA decay, e.g. 0.999
     compile: bool = False
     patience: int | None = None  # early stopping on validation loss
@@ -238,6 +248,10 @@ class Config:
             raise ConfigError(f"{source}: sha256 must be 64 hexadecimal digits (sha256sum FILE); got {self.sha256!r}")
         if self.train is not None and self.freeze is not None:
             raise ConfigError(f"{source}: give 'train' or 'freeze', not both")
+        if not self.label_sep or len(self.label_sep) > 8 or any(c in self.label_sep for c in '"\r\n'):
+            raise ConfigError(f"{source}: label_sep must be the 1 to 8 characters between an image's labels (e.g. ';' or '|'); got {self.label_sep!r}")
+        if self.multilabel_loss != "bce" and self.task != "multilabel":
+            raise ConfigError(f"{source}: multilabel_loss {self.multilabel_loss} applies to task multilabel; add --task multilabel or drop it")
         if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
             raise ConfigError(f"{source}: nesterov needs momentum above 0 with sgd; set momentum (e.g. 0.9) or drop nesterov")
 

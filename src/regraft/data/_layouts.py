@@ -6,41 +6,30 @@ recorded as one line instead, so that a single scan lists all of them.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from pathlib import Path
 
-from regraft.data.files import IMAGE_EXTENSIONS, VAL_DIR_NAMES, read_text, walk_images
+from regraft.data._multilabel import find_multilabel_splits
+from regraft.data._rows import (
+    _as_int,
+    _class_dirs,
+    _classes_from_labels,
+    _Problems,
+    _read_classes_file,
+    _read_rows,
+    _resolve,
+)
+from regraft.data.files import IMAGE_EXTENSIONS, VAL_DIR_NAMES, walk_images
 from regraft.data.splits import DataSplits, Sample, split_stratified
 from regraft.errors import DataError
 
 log = logging.getLogger("regraft.data.discovery")
 
-_PATH_COLUMNS = ("path", "file", "filename", "filepath", "file_path", "image", "image_path", "img", "name")
-_LABEL_COLUMNS = ("label", "class", "class_name", "target", "category", "y")
-
-
-class _Problems:
-    """Raise (strict) or record (lenient) errors; log (strict) or record (lenient) warnings."""
-
-    def __init__(self, sink: list[str] | None) -> None:
-        self.sink = sink
-
-    def error(self, message: str) -> None:
-        if self.sink is None:
-            raise DataError(message)
-        self.sink.append(message)
-
-    def warn(self, message: str) -> None:
-        if self.sink is None:
-            log.warning(message)
-        else:
-            self.sink.append(message)
-
 
 def find_splits(
-    root: Path, *, val_fraction: float, seed: int, train_csv, val_csv, classes_file, problems: list[str] | None
+    root: Path, *, val_fraction: float, seed: int, train_csv, val_csv, classes_file, problems: list[str] | None,
+    multilabel: bool = False, label_sep: str = ";",
 ) -> DataSplits:
     root = Path(os.path.abspath(root))
     if not root.is_dir():
@@ -50,6 +39,9 @@ def find_splits(
         )
     report = _Problems(problems)
     class_list = _read_classes_file(root, classes_file)
+    if multilabel:
+        return find_multilabel_splits(root, val_fraction=val_fraction, seed=seed, train_csv=train_csv, val_csv=val_csv,
+                                      class_list=class_list, label_sep=label_sep, report=report)
     if train_csv is not None or val_csv is not None:
         if train_csv is None:
             raise DataError("a validation CSV was given without a train CSV: pass --train-csv too")
@@ -63,46 +55,6 @@ def find_splits(
         log.info("%s has train/ but no val/, valid/ or test/: splitting train/ by val_fraction", root)
         return _from_flat(root, lower["train"], class_list, val_fraction, seed, report)
     return _from_flat(root, root, class_list, val_fraction, seed, report)
-
-
-def _class_dirs(folder: Path) -> dict[str, Path]:
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as exc:
-        raise DataError(f"cannot list {folder} ({exc.strerror}); check the path and its permissions") from None
-    return {
-        e.name: Path(e.path)
-        for e in entries
-        if e.is_dir() and not e.name.startswith(".") and e.name != "__MACOSX"
-    }
-
-
-def _read_classes_file(root: Path, classes_file) -> list[str] | None:
-    if classes_file is None:
-        default = root / "classes.txt"
-        if not default.is_file():
-            return None
-        log.info("class names and order from %s", default)
-        path = default
-    else:
-        path = _resolve(root, classes_file, what="classes file")
-    names = [ln.strip() for ln in read_text(path, what="classes file").splitlines()]
-    names = [n for n in names if n and not n.startswith("#")]
-    if not names:
-        raise DataError(f"{path} lists no classes: write one class name per line")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise DataError(f"{path} lists {', '.join(dupes)} more than once: keep each class name once")
-    return names
-
-
-def _resolve(root: Path, value, *, what: str) -> Path:
-    path = Path(value)
-    if not path.is_absolute() and not path.exists():
-        path = root / path
-    if not path.is_file():
-        raise DataError(f"{what} not found: {value} (looked in . and {root})")
-    return path
 
 
 def _collect(folder: Path, classes: list[str], report: _Problems, *, required: bool) -> tuple[list[Sample], list[str]]:
@@ -194,65 +146,6 @@ def _from_csv(root: Path, train_csv, val_csv, class_list, val_fraction, seed, re
         if not val:
             report.error(f"{val_path} has no usable rows: expected lines of 'path,label'")
     return DataSplits(classes, train, val, "csv", str(root), [])
-
-
-def _read_rows(path: Path) -> list[tuple[str, str, int]]:
-    """``(path, label, line number)`` rows of a CSV/TSV file; the header, if any, is skipped."""
-    text = read_text(path, what="CSV file")
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    delimiter = "\t" if path.suffix.lower() == ".tsv" or "\t" in first else (";" if ";" in first and "," not in first else ",")
-    reader = csv.reader(text.splitlines(), delimiter=delimiter)
-    rows: list[tuple[str, str, int]] = []
-    cols: tuple[int, int] | None = None
-    for cells in _csv_rows(reader, path):
-        cells = [c.strip() for c in cells]
-        if not any(cells) or cells[0].startswith("#"):
-            continue
-        if cols is None:
-            cols, is_header = _columns(cells)
-            if is_header:
-                continue
-        if len(cells) <= max(cols):
-            raise DataError(f"{path}:{reader.line_num}: expected 'path{delimiter}label', got {delimiter.join(cells)!r}")
-        if not cells[cols[0]] or not cells[cols[1]]:
-            missing = "path" if not cells[cols[0]] else "label"
-            raise DataError(
-                f"{path}:{reader.line_num}: empty {missing} in {delimiter.join(cells)!r}; every row needs a path and a class label"
-            )
-        rows.append((cells[cols[0]], cells[cols[1]], reader.line_num))
-    return rows
-
-
-def _csv_rows(reader, path: Path):
-    try:
-        yield from reader
-    except csv.Error as exc:  # a field over the csv module's size limit, an unclosed quote at the end
-        raise DataError(f"{path}:{reader.line_num}: not a readable CSV row ({exc}); expected lines of 'path,label'") from None
-
-
-def _columns(cells: list[str]) -> tuple[tuple[int, int], bool]:
-    names = [c.lower() for c in cells]
-    path_col = next((i for i, n in enumerate(names) if n in _PATH_COLUMNS), None)
-    label_col = next((i for i, n in enumerate(names) if n in _LABEL_COLUMNS), None)
-    if path_col is None and label_col is None:
-        return (0, 1), False
-    path_col = path_col if path_col is not None else (1 if label_col == 0 else 0)
-    label_col = label_col if label_col is not None else (1 if path_col == 0 else 0)
-    return (path_col, label_col), True
-
-
-def _classes_from_labels(labels: list[str]) -> list[str]:
-    unique = set(labels)
-    if all(_as_int(v) is not None for v in unique):
-        return [str(v) for v in sorted({_as_int(v) for v in unique})]
-    return sorted(unique)
-
-
-def _as_int(value: str) -> int | None:
-    try:
-        return int(value)
-    except ValueError:
-        return None
 
 
 def _label_rows(root: Path, csv_path: Path, rows, classes: list[str], source: str, report: _Problems, *, by_index: bool) -> list[Sample]:

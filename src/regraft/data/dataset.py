@@ -108,6 +108,8 @@ class ImageDataset(Dataset):
         cache: a :class:`DecodeCache`: decode every file now, once, and serve its pixels after.
         skip_log: file to list skipped paths in (``RUN/skipped_files.txt``).
         on_error: ``"substitute"`` (training) or ``"drop"`` (evaluation); see the module doc.
+        num_labels: multi-label data (each sample's label a tuple of label indices): labels come
+            out as multi-hot float32 vectors of this width.
 
     Raises:
         DataError: no sample is readable.
@@ -124,10 +126,12 @@ class ImageDataset(Dataset):
         cache: DecodeCache | None = None,
         skip_log: str | os.PathLike | None = None,
         on_error: str = "substitute",
+        num_labels: int | None = None,
     ) -> None:
         if on_error not in ("substitute", "drop"):
             raise ValueError(f"on_error must be 'substitute' or 'drop'; got {on_error!r}")
-        self.samples = [Sample(str(p), int(y)) for p, y in samples]
+        self.num_labels = num_labels
+        self.samples = [Sample(str(p), _label(y)) for p, y in samples]
         self.transform = transform
         self.on_error = on_error
         self.skip_log = SkipLog(skip_log) if skip_log is not None else None
@@ -153,8 +157,18 @@ class ImageDataset(Dataset):
         self._images = images
 
     @property
-    def labels(self) -> list[int]:
+    def labels(self) -> list[int] | list[tuple[int, ...]]:
+        """Each sample's class index (multi-label: the tuple of its labels' indices)."""
         return [s.label for s in self.samples]
+
+    def target(self, index: int) -> int | torch.Tensor:
+        """Sample ``index``'s label as the model is trained on it: a class index, or a multi-hot vector."""
+        label = self.samples[index].label
+        if self.num_labels is None:
+            return label  # type: ignore[return-value]
+        hot = torch.zeros(self.num_labels, dtype=torch.float32)
+        hot[list(label)] = 1.0  # type: ignore[arg-type]
+        return hot
 
     @property
     def cached(self) -> bool:
@@ -169,8 +183,8 @@ class ImageDataset(Dataset):
             return None
         index, pixels, seed = found
         if isinstance(self.transform, ImageTransform):
-            return self.transform.normalize(self._crop(pixels, seed)), self.samples[index].label
-        return _seeded(seed, self.transform, pixels), self.samples[index].label
+            return self.transform.normalize(self._crop(pixels, seed)), self.target(index)
+        return _seeded(seed, self.transform, pixels), self.target(index)
 
     def raw(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | None:
         """Like indexing, but the image is the uint8 crop before normalisation (or None: dropped)."""
@@ -180,7 +194,7 @@ class ImageDataset(Dataset):
         if found is None:
             return None
         index, pixels, seed = found
-        return self._crop(pixels, seed), self.samples[index].label
+        return self._crop(pixels, seed), self.target(index)
 
     def _crop(self, pixels: torch.Tensor | np.ndarray, seed: int | None) -> torch.Tensor:
         return _seeded(seed, self.transform.post, pixels)
@@ -222,6 +236,17 @@ class ImageDataset(Dataset):
                 log.warning("cannot write the skip log %s (%s)", self.skip_log.path, exc)
 
 
+def _label(y: Any) -> int | tuple[int, ...]:
+    """A sample's label as stored: a class index, or the sorted tuple of its labels (multi-label)."""
+    if isinstance(y, (tuple, list)):
+        return tuple(sorted(int(c) for c in y))
+    return int(y)
+
+
+def _has(sample: Sample, label: int) -> bool:
+    return label in sample.label if isinstance(sample.label, tuple) else sample.label == label
+
+
 def _seeded(seed: int | None, fn: Callable[[Any], torch.Tensor], arg: Any) -> torch.Tensor:
     """``fn(arg)`` with torch's CPU generator seeded by ``seed``, its state restored afterwards."""
     if seed is None:
@@ -253,7 +278,7 @@ def check_readable(splits: DataSplits, *, full: bool = False, threads: int | Non
         errors = dict(zip((s.path for s in samples), pool.map(check, (s.path for s in samples)), strict=True))
     bad = {p: e for p, e in errors.items() if e is not None}
     for label, name in enumerate(splits.classes):
-        paths = [s.path for s in splits.train if s.label == label]
+        paths = [s.path for s in splits.train if _has(s, label)]
         if not paths:
             raise DataError(f"class '{name}' has no training images: add images or remove the class")
         if any(_confirm(p, bad, full) for p in paths):
@@ -294,21 +319,22 @@ def _decode_error(path: str) -> ImageDecodeError | None:
     return None
 
 
-def sample_batch(dataset: ImageDataset, *, n: int = 16, seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
+def sample_batch(dataset: ImageDataset, *, n: int = 16, seed: int = 0) -> tuple[list[np.ndarray], list[Any]]:
     """``n`` random training images as the model sees them (augmented), before normalisation.
 
     Returns:
-        ``(images, labels)``: ``(H, W, 3)`` uint8 arrays and their class indices, for drawing
-        ``samples.png``.
+        ``(images, labels)``: ``(H, W, 3)`` uint8 arrays and their class indices (multi-label:
+        tuples of label indices), for drawing ``samples.png``.
     """
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     images: list[np.ndarray] = []
-    labels: list[int] = []
+    labels: list[Any] = []
     for index in order:
         out = dataset.raw((index, sample_seed(seed, 0, index)))
         if out is not None:
             images.append(out[0].permute(1, 2, 0).contiguous().numpy())
-            labels.append(int(out[1]))
+            y = out[1]
+            labels.append(tuple(int(c) for c in torch.nonzero(y).flatten()) if isinstance(y, torch.Tensor) else int(y))
         if len(images) == n:
             break
     return images, labels

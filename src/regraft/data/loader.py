@@ -69,6 +69,10 @@ class _SeededBatches:
         self._next_epoch += 1
         if hasattr(self.inner, "set_epoch"):
             self.inner.set_epoch(epoch)
+        if isinstance(self.inner, EpochBatchSampler):  # a weighted draw repeats images: each draw its own crop
+            for keyed in self.inner.keyed():
+                yield [(int(i), sample_seed(self.seed, epoch, int(key))) for i, key in keyed]
+            return
         for batch in self.inner:
             yield [(int(i), sample_seed(self.seed, epoch, int(i))) for i in batch]
 
@@ -105,7 +109,7 @@ class _NormalizeCollate:
 
     def __call__(self, batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         kept = [b for b in batch if b is not None]
-        labels = torch.tensor([b[1] for b in kept], dtype=torch.long)
+        labels = _labels([b[1] for b in kept])
         shape = (len(kept), 3, *self.transform.size)
         if torch.utils.data.get_worker_info() is not None:
             out = _new_shared(shape, torch.uint8)
@@ -140,6 +144,13 @@ class _ImageLoader(DataLoader):
         for i in range(len(x)):  # image by image: each one's floats stay in the CPU cache
             self.transform.normalize(x[i], out=out[i])
         return out, y
+
+
+def _labels(values: list[Any]) -> torch.Tensor:
+    """Class indices as a long ``(B,)`` tensor; multi-hot vectors (multi-label) stacked to ``(B, L)``."""
+    if values and isinstance(values[0], torch.Tensor):
+        return torch.stack(values)
+    return torch.tensor(values, dtype=torch.long)
 
 
 def _new_shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -194,7 +205,8 @@ def make_loader(
             there; decides ``pin_memory``.
 
     Returns:
-        A ``DataLoader`` yielding ``(images float (B, 3, H, W), labels long (B,))``; its
+        A ``DataLoader`` yielding ``(images float (B, 3, H, W), labels long (B,))`` (multi-label:
+        ``labels float (B, L)``, multi-hot); its
         ``batch_sampler.set_epoch(e)`` selects the epoch.
     """
     inner = batch_sampler or EpochBatchSampler(len(dataset), batch_size=batch_size, shuffle=shuffle, seed=seed, even=False, drop_last=drop_last)  # type: ignore[arg-type]

@@ -7,12 +7,19 @@ so ``batch_size`` is the largest batch, not every batch's size), which keeps DDP
 duplicates and never leaves a last batch of one sample (which breaks BatchNorm in training
 mode). With ``even=False`` batches are exactly ``batch_size`` except the last (or it is dropped
 with ``drop_last``), as a plain ``DataLoader`` makes them.
+
+With ``weights`` (a class-balanced sampler, ``--balance sampler``) each epoch draws ``n`` indices
+with replacement, index ``i`` with probability ``weights[i] / sum(weights)``, from a generator
+seeded by ``(seed, epoch)`` only: a resumed run draws the same epochs, and the draws are sharded
+like a permutation (rank ``r`` takes positions ``r, r + world, ...``), so shards stay disjoint
+slices of one draw and keep their lengths. An image drawn twice in an epoch gets a different
+augmentation each time: :meth:`EpochBatchSampler.keyed` gives every draw its own key.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -30,12 +37,18 @@ class EpochBatchSampler:
         rank, world_size: this process's shard.
         even: split each shard into nearly equal batches (else full batches and a last partial one).
         drop_last: with ``even=False``, leave out a last partial batch.
+        weights: one non-negative sampling weight per index: draw each epoch's indices with
+            replacement in proportion to them (needs ``shuffle``).
+
+    Raises:
+        ValueError: weights of the wrong length, negative, not finite or all zero; weights without shuffle.
     """
 
     def __init__(
         self, n: int, *, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-        even: bool = True, drop_last: bool = False,
+        even: bool = True, drop_last: bool = False, weights: Sequence[float] | None = None,
     ) -> None:
+        self.weights = _check_weights(weights, int(n), shuffle) if weights is not None else None
         self.n = int(n)
         self.batch_size = max(1, int(batch_size))
         self.shuffle = shuffle
@@ -65,11 +78,30 @@ class EpochBatchSampler:
         return max(1, min(steps, lo)) if lo else 1
 
     def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.keyed():
+            yield [index for index, _ in batch]
+
+    def keyed(self) -> Iterator[list[tuple[int, int]]]:
+        """Batches of ``(index, key)``: the key is the index itself, plus ``n`` times the number of
+        earlier draws of that index in the epoch's whole draw (so it is unique across ranks too)."""
+        order = self._order()
+        drawn: dict[int, int] = {}
+        keys = []
+        for index in order:
+            k = drawn.get(index, 0)
+            drawn[index] = k + 1
+            keys.append(index + k * self.n)
+        yield from self._batches(list(zip(order, keys, strict=True)))
+
+    def _order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist() if self.n else []
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
+            return torch.randperm(self.n, generator=g).tolist()
+        return list(range(self.n))
+
+    def _batches(self, order: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
         shard = order[self.rank :: self.world_size]
         steps = len(self)
         if not shard:
@@ -86,3 +118,14 @@ class EpochBatchSampler:
             size = base + (1 if i < extra else 0)
             yield shard[start : start + size]
             start += size
+
+
+def _check_weights(weights: Sequence[float], n: int, shuffle: bool) -> torch.Tensor:
+    w = torch.as_tensor(list(weights), dtype=torch.float64)
+    if not shuffle:
+        raise ValueError("sampling weights draw a random order: pass shuffle=True")
+    if w.shape != (n,):
+        raise ValueError(f"weights must give one number per sample ({n}); got {tuple(w.shape)}")
+    if n and (not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0):
+        raise ValueError("weights must be finite, non-negative and not all zero")
+    return w

@@ -16,10 +16,11 @@ log = logging.getLogger("regraft.data.discovery")
 
 
 class Sample(NamedTuple):
-    """One image: its path and the index of its class in ``DataSplits.classes``."""
+    """One image: its path and the index of its class in ``DataSplits.classes`` (multi-label data:
+    the sorted tuple of its positive labels' indices, empty for an image with none)."""
 
     path: str
-    label: int
+    label: int | tuple[int, ...]
 
 
 @dataclass
@@ -32,10 +33,12 @@ class DataSplits:
     layout: str
     root: str
     ignored: list[str] = field(default_factory=list)  # non-image files inside the class folders
+    multilabel: bool = False  # each sample's label is a tuple of label indices
 
     def counts(self, split: str) -> list[int]:
-        """Images per class in ``split`` ("train" or "val"), in class order."""
-        tally = Counter(s.label for s in getattr(self, split))
+        """Images per class in ``split`` ("train" or "val"), in class order (multi-label: positives per label)."""
+        samples = getattr(self, split)
+        tally = Counter(c for s in samples for c in s.label) if self.multilabel else Counter(s.label for s in samples)
         return [tally.get(i, 0) for i in range(len(self.classes))]
 
 

@@ -35,7 +35,7 @@ from regraft.data.imageio import ResizeSpec, resize_image, to_rgb
 from regraft.data.views import crop_box, eval_resize, normalize_affine, read_eval_pixels
 from regraft.errors import ConfigError
 
-__all__ = ["AUGMENTS", "ImageTransform", "build_transforms", "mixup_cutmix", "DataConfigLike"]
+__all__ = ["AUGMENTS", "ImageTransform", "build_transforms", "mixup_cutmix", "MultiHotMix", "DataConfigLike"]
 
 AUGMENTS = ("none", "light", "strong")
 
@@ -246,12 +246,14 @@ def _triple(values: Sequence[float], name: str) -> tuple[float, float, float]:
 
 
 def mixup_cutmix(
-    num_classes: int, *, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0
+    num_classes: int, *, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, multilabel: bool = False,
 ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
     """A batch transform ``(images, labels) -> (images, soft labels)``, or None when both are off.
 
     With both alphas positive each batch gets one of the two, chosen at random. Labels come back
-    as ``(B, num_classes)`` probabilities (``CrossEntropyLoss`` accepts them).
+    as ``(B, num_classes)`` probabilities (``CrossEntropyLoss`` accepts them). With
+    ``multilabel`` the labels are multi-hot ``(B, L)`` rows and come back mixed the same way as
+    the images (``λ·y_i + (1-λ)·y_j``: targets between 0 and 1 for the BCE).
 
     Raises:
         ConfigError: a negative alpha.
@@ -259,6 +261,8 @@ def mixup_cutmix(
     for name, alpha in (("mixup", mixup_alpha), ("cutmix", cutmix_alpha)):
         if alpha < 0:
             raise ConfigError(f"{name} alpha must be 0 (off) or positive; got {alpha}")
+    if multilabel:
+        return MultiHotMix(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha) if mixup_alpha > 0 or cutmix_alpha > 0 else None
     parts: list[Callable] = []
     if mixup_alpha > 0:
         parts.append(v2.MixUp(alpha=float(mixup_alpha), num_classes=num_classes))
@@ -267,3 +271,28 @@ def mixup_cutmix(
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else v2.RandomChoice(parts)
+
+
+class MultiHotMix:
+    """torchvision's MixUp/CutMix for multi-hot labels, which they do not take (they one-hot class indices).
+
+    The images go through torchvision's own transform with labels ``0..B-1`` over ``B`` classes;
+    the soft labels it returns are then exactly the mixing matrix ``M`` (row ``i``: ``λ`` at ``i``,
+    ``1-λ`` at the image it was mixed with), and the mixed multi-hot labels are ``M @ Y``.
+    """
+
+    __name__ = "MixUp/CutMix"
+
+    def __init__(self, *, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0) -> None:
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = images.shape[0]
+        parts: list[Callable] = []
+        if self.mixup_alpha > 0:
+            parts.append(v2.MixUp(alpha=self.mixup_alpha, num_classes=b))
+        if self.cutmix_alpha > 0:
+            parts.append(v2.CutMix(alpha=self.cutmix_alpha, num_classes=b))
+        transform = parts[0] if len(parts) == 1 else v2.RandomChoice(parts)
+        mixed, weights = transform(images, torch.arange(b, device=images.device))
+        return mixed, weights.to(labels.dtype) @ labels

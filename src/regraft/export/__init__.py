@@ -291,7 +291,10 @@ def _export_hf(loaded: LoadedRun, folder: Path, *, atol: float) -> ExportResult:
     from regraft.inference.card import read_run_json
 
     extra = {"format": "regraft-hf/1", "run": str(loaded.run.path), "weights": str(loaded.weights), "views": 1,
-             "architecture": loaded.card["architecture"], "preprocessing": loaded.card["preprocessing"], "regraft": __version__}
+             "architecture": loaded.card["architecture"], "preprocessing": loaded.card["preprocessing"], "regraft": __version__,
+             "task": loaded.card.get("task", "multiclass")}
+    if loaded.card.get("thresholds") is not None:  # multi-label: what predicts a label, in label order
+        extra["thresholds"] = list(loaded.card["thresholds"])
     with _eval_on_cpu(loaded.model) as model:
         files, diff, details = hf.build_folder(loaded.card, model, extra=extra, atol=atol)
     try:

@@ -22,10 +22,12 @@ def _figures(summary: dict[str, Any] | None, weights: str) -> list[str]:
     if weights == "ema":
         lines += ["The figures below are those of the best epoch's weights; the EMA weights' validation accuracy "
                   "per epoch is in the run's `metrics.csv` (`val_acc_ema`).", ""]
+    primary = str(summary.get("primary") or "val_acc")
+    name = "mAP" if primary == "val_map" else "accuracy"
     lines += [
         "| figure | value |",
         "| --- | --- |",
-        f"| validation accuracy (best epoch {summary.get('best_epoch', '—')}) | {_fmt(summary.get('best_val_acc'))} |",
+        f"| validation {name} (best epoch {summary.get('best_epoch', '—')}) | {_fmt(summary.get(f'best_{primary}'))} |",
         f"| validation loss | {_fmt(summary.get('best_val_loss'))} |",
         f"| epochs trained | {summary.get('epochs', '—')} (linear-probe epochs: {summary.get('probe_epochs', 0)}) |",
         f"| training / validation images | {summary.get('n_train', '—')} / {summary.get('n_val', '—')} |",
@@ -62,6 +64,15 @@ def _loading(details: dict[str, Any], card: dict[str, Any]) -> list[str]:
         'model.load_state_dict(load_file("PATH/model.safetensors")); model.eval()   # PATH: this folder',
         "```",
     ]
+
+
+def _decision(card: dict[str, Any]) -> str:
+    """How the logits become predictions: softmax, or (multi-label) each sigmoid above its label's threshold."""
+    if card.get("task") != "multilabel":
+        return "(softmax for probabilities)."
+    pairs = ", ".join(f"`{c}` {float(t):.3f}" for c, t in zip(card["classes"], card.get("thresholds") or [], strict=False))
+    return ("(multi-label: a sigmoid per label; a label is predicted when its probability is above its threshold, chosen on "
+            f"the validation images and listed in `config.json` under `regraft.thresholds`: {pairs}).")
 
 
 def model_card(loaded: Any, *, details: dict[str, Any], summary: dict[str, Any] | None, diff: float, run_name: str) -> str:
@@ -103,7 +114,8 @@ def model_card(loaded: Any, *, details: dict[str, Any], summary: dict[str, Any] 
         "## Preprocessing",
         "",
         f"Resize the shorter side to {resize} px ({pre['interpolation']}), centre-crop {h}x{w}, scale to [0, 1], "
-        f"subtract mean {list(pre['mean'])}, divide by std {list(pre['std'])}; the model outputs logits (softmax for probabilities).",
+        f"subtract mean {list(pre['mean'])}, divide by std {list(pre['std'])}; the model outputs logits "
+        + _decision(card),
         "regraft decodes JPEGs at least twice that size with the decoder's draft scaling (1/2, 1/4, 1/8 before resizing); "
         "a full-size decode (timm's and torchvision's transforms) gives pixels that differ slightly on such photos.",
         "",

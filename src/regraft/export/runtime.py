@@ -5,6 +5,9 @@ against the graph (input size, number of outputs), and computed by :mod:`regraft
 the one decode path that training's validation and ``regraft eval``/``predict`` use, so the
 model sees the same input floats (JPEG draft decoding, resize, centre crop, normalisation).
 Nothing here imports torch, so a deployment needs only ``pip install 'regraft[export]'``.
+
+A multi-label model (``model.json``'s ``task``) is decided as ``regraft predict RUN`` decides it:
+a sigmoid per label, every label above its ``thresholds`` entry (:mod:`regraft.tasks.decide`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from regraft.data.views import (
 )
 from regraft.errors import ExportError, MissingDependencyError
 from regraft.inference.card import card_problem
+from regraft.tasks.decide import above_thresholds, probabilities, read_thresholds
 
 __all__ = ["OnnxClassifier", "load_onnx", "predict_onnx", "require", "sidecar_path"]
 
@@ -90,6 +94,7 @@ class OnnxClassifier:
         self.interpolation = self.resize.interpolation
         self.scale, self.offset = normalize_affine(pre["mean"], pre["std"])
         self.input_name: str = session.get_inputs()[0].name
+        self.thresholds: list[float] | None = read_thresholds(card)  # None: one class per image (softmax)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """An image you decoded yourself (``PIL.Image``) -> the normalised ``(3, H, W)`` float32 input."""
@@ -109,6 +114,7 @@ class OnnxClassifier:
 
         ``tta`` averages the softmax probabilities of the views (``flip``, ``flip+crops``) as
         ``regraft predict RUN --tta`` does; the exported model itself sees one view at a time.
+        A multi-label model also gives ``labels``: every label above its threshold.
         """
         from regraft.data.files import expand_paths
 
@@ -126,12 +132,16 @@ class OnnxClassifier:
                     rows.append({"path": str(f), "error": f"cannot read image: {exc.reason}"})
             if inputs:
                 stacked = np.stack(list(inputs.values()))  # (n, views, 3, H, W)
-                per_view = [_softmax(self.logits(stacked[:, v])) for v in range(stacked.shape[1])]
+                multilabel = self.thresholds is not None
+                per_view = [probabilities(self.logits(stacked[:, v]), multilabel=multilabel) for v in range(stacked.shape[1])]
                 probs = np.mean(per_view, axis=0)
                 for j, i in enumerate(inputs):
                     rows[i]["top"] = _top(probs[j], self.classes, k)
+                    if self.thresholds is not None:
+                        rows[i]["labels"] = above_thresholds(probs[j], self.classes, self.thresholds)
                     if tta is not TTA.NONE:
-                        rows[i]["plain"] = _top(per_view[0][j], self.classes, 1)[0]
+                        rows[i]["plain"] = (above_thresholds(per_view[0][j], self.classes, self.thresholds) if multilabel
+                                            else _top(per_view[0][j], self.classes, 1)[0])
             results += rows
         return results
 
@@ -230,8 +240,3 @@ def predict_onnx(
     """
     return load_onnx(onnx_path).predict(paths, topk=topk, batch_size=batch_size, tta=tta)
 
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)

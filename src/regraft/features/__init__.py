@@ -128,18 +128,21 @@ def cache_features(
 
 def feature_loaders(
     train: FeatureCache, val: FeatureCache, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-    mix_views: bool = True,
+    mix_views: bool = True, sample_weights: Sequence[float] | None = None,
 ) -> tuple[FeatureLoader, FeatureLoader]:
     """Loaders over cached features with the run's batch sampler (each sample once per epoch).
 
     Each training sample draws one of its views per epoch, seeded by ``(seed, epoch)``;
-    ``mix_views=False`` trains epoch ``e`` on view ``e % views`` instead.
+    ``mix_views=False`` trains epoch ``e`` on view ``e % views`` instead. ``sample_weights``
+    (one per training image: ``--balance sampler``) draws each training epoch in proportion to them.
     """
     from regraft.data.sampler import EpochBatchSampler
 
     loaders = []
     for cache, shuffle in ((train, True), (val, False)):
-        sampler = EpochBatchSampler(len(cache), batch_size=batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+        weights = sample_weights if shuffle else None
+        sampler = EpochBatchSampler(len(cache), batch_size=batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                                    world_size=world_size, weights=weights)
         loaders.append(FeatureLoader(CachedFeatures(cache, mix_views=mix_views and shuffle, seed=seed), sampler))
     return loaders[0], loaders[1]
 
@@ -156,6 +159,7 @@ def train_with_cache(
     rank: int = 0,
     world_size: int = 1,
     notify: Callable[[str], None] | None = None,
+    sample_weights: Sequence[float] | None = None,
 ) -> CachedTraining | None:
     """The trainable rest and loaders over cached features, when the model can be cut.
 
@@ -163,6 +167,7 @@ def train_with_cache(
     say what trains), and only for a plan that keeps that set for the whole run (the strategy
     decides: ``Decisions.cache_reason``). Train the returned module with the returned loaders and
     keep the full model's weights: the rest shares its parameters with the model.
+    ``sample_weights`` (one per training image) make the training loader a class-balanced sampler.
 
     Returns:
         A :class:`CachedTraining`, or None when the model cannot be cut (the reason is logged as
@@ -175,8 +180,12 @@ def train_with_cache(
         if reason is not None and cut is None:
             log.info("feature cache off: %s", reason)
         return None
+    if sample_weights is not None and len(sample_weights) != len(caches[0]):
+        log.warning("feature cache off: %d sampling weights for %d cached images", len(sample_weights), len(caches[0]))
+        return None
     train_loader, val_loader = feature_loaders(
         caches[0], caches[1], batch_size=settings.batch_size, seed=settings.seed, rank=rank, world_size=world_size,
+        sample_weights=sample_weights,
     )
     (notify or log.info)(f"feature cache: {cut.describe()}; {caches[0].describe()}")
     return CachedTraining(cut.rest, train_loader, val_loader)

@@ -31,7 +31,7 @@ class FeatureCache:
     Attributes:
         features: ``(views, n, *shape)`` float32 or float16 tensor (backed by a file when
             ``path`` is set; the file is deleted when the cache is closed or collected).
-        labels: ``(n,)`` long tensor.
+        labels: ``(n,)`` long tensor of class indices (multi-label data: ``(n, L)`` float32 multi-hot rows).
         path: the memory-mapped file, or None when the features are in RAM.
     """
 
@@ -168,12 +168,15 @@ class _Store:
             mm = np.memmap(self.path, dtype=np.float16 if fp16 else np.float32, mode="w+", shape=(views, n, *shape))
             self.features = torch.from_numpy(mm)
             log.info("features (%s) exceed the RAM budget (%s): memory-mapped at %s", _mib(nbytes), _mib(budget), self.path)
-        self.labels = torch.empty(n, dtype=torch.long)
+        self.n = n
+        self.labels: torch.Tensor | None = None  # shaped by the first batch: (n,) indices or (n, L) multi-hot
         self.filled: list[int] = []
 
     def put(self, view: int, pos: int, out: torch.Tensor, y: torch.Tensor) -> None:
         self.features[view, pos : pos + len(out)] = out.detach().to("cpu", self.features.dtype)
         if view == 0:
+            if self.labels is None:
+                self.labels = torch.empty((self.n, *y.shape[1:]), dtype=y.dtype)
             self.labels[pos : pos + len(y)] = y.cpu()
 
     def finish_view(self, view: int, count: int) -> None:
@@ -185,7 +188,8 @@ class _Store:
     def to_cache(self, cls: type[FeatureCache]) -> FeatureCache:
         n = self.filled[0]
         features = self.features[:, :n] if n < self.features.shape[1] else self.features
-        return cls(features, self.labels[:n].clone(), path=self.path)
+        labels = self.labels if self.labels is not None else torch.empty(0, dtype=torch.long)
+        return cls(features, labels[:n].clone(), path=self.path)
 
 
 class CachedFeatures(torch.utils.data.Dataset):
@@ -220,9 +224,9 @@ class CachedFeatures(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.cache)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         x, y = self.batch([index])
-        return x[0], int(y[0])
+        return x[0], (y[0] if y.ndim > 1 else int(y[0]))
 
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         view = self.view
@@ -231,8 +235,12 @@ class CachedFeatures(torch.utils.data.Dataset):
         return self.cache.batch(indices, view=view)
 
     @property
-    def labels(self) -> list[int]:
-        return self.cache.labels.tolist()
+    def labels(self) -> list[int] | list[tuple[int, ...]]:
+        """Class indices (multi-label: tuples of label indices), as ``ImageDataset.labels`` gives them."""
+        y = self.cache.labels
+        if y.ndim > 1:
+            return [tuple(torch.nonzero(row).flatten().tolist()) for row in y]
+        return y.tolist()
 
 
 class FeatureLoader:

@@ -19,6 +19,7 @@ from typing import Any
 
 from regraft.errors import RunError
 from regraft.runs import RunDir
+from regraft.tasks.decide import thresholds_problem
 
 __all__ = ["read_run_json", "read_card", "check_card", "card_problem"]
 
@@ -92,7 +93,7 @@ def card_problem(card: Any) -> str | None:
         return f"'preprocessing.interpolation' must be one of {', '.join(_INTERPOLATIONS)}, got {pre.get('interpolation')!r}"
     if not _is_number(pre.get("crop_pct")) or not 0 < pre["crop_pct"] <= 1:
         return f"'preprocessing.crop_pct' must be in (0, 1], got {pre.get('crop_pct')!r}"
-    return None
+    return thresholds_problem(card)  # the task, and a multi-label card's thresholds
 
 
 def _is_int(v: Any) -> bool:

@@ -9,6 +9,9 @@ and ``best_val_loss`` to rounding.
 With ``tta`` (``flip`` or ``flip+crops``) each image is seen in several views and the views'
 softmax probabilities are averaged; the plain figures (view 0) are reported beside the TTA ones.
 
+A multi-label run (``model.json``'s ``task``) is scored by mAP, F1 and the per-label table at its
+``thresholds``; ``predict`` lists every label above its threshold (:mod:`regraft.tasks`).
+
 Example:
     >>> metrics = evaluate_run("runs/exp1", tta="flip")            # doctest: +SKIP
     >>> metrics["accuracy"], metrics["tta"]["accuracy"]            # doctest: +SKIP
@@ -30,8 +33,9 @@ from regraft.data.views import TTA
 from regraft.errors import DataError, RegraftError, RunError
 from regraft.inference.images import forward_views, image_batches, mean_probs
 from regraft.inference.loading import LoadedRun, WeightsChoice, load_run, read_run_json
-from regraft.inference.metrics import classification_metrics
+from regraft.inference.metrics import classification_metrics, multilabel_metrics
 from regraft.inference.numerics import INFERENCE_NUMERICS, Numerics, Precision
+from regraft.tasks import Task, above_thresholds, read_thresholds, rules
 
 __all__ = ["evaluate_run", "predict", "resolve_device"]
 
@@ -71,7 +75,11 @@ def _loaded(run: str | Path | LoadedRun, *, device: torch.device, weights: str) 
     return load_run(run, device=device, weights=weights)
 
 
-def _run_samples(loaded: LoadedRun, data: str | None) -> tuple[list[tuple[str, int]], str, int | None]:
+def _task(loaded: LoadedRun) -> Task:
+    return Task.parse(loaded.card.get("task"))
+
+
+def _run_samples(loaded: LoadedRun, data: str | None) -> tuple[list[tuple[str, Any]], str, int | None]:
     """``(samples, where, batch size)``: the run's own validation split (with its batch size), or
     every image under ``data`` (batch size None)."""
     if data is None:
@@ -83,6 +91,8 @@ def _run_samples(loaded: LoadedRun, data: str | None) -> tuple[list[tuple[str, i
             break
     if not root.is_dir():
         raise DataError(f"--data {data}: not a folder; pass a folder of class subfolders")
+    if _task(loaded).multilabel:
+        return _label_folders(loaded, root, data)
     index = {c: i for i, c in enumerate(loaded.classes)}
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     unknown = [d.name for d in subdirs if d.name not in index]
@@ -94,7 +104,21 @@ def _run_samples(loaded: LoadedRun, data: str | None) -> tuple[list[tuple[str, i
     return samples, str(root), None
 
 
-def _own_split(loaded: LoadedRun) -> tuple[list[tuple[str, int]], str, int | None]:
+def _label_folders(loaded: LoadedRun, root: Path, data: str) -> tuple[list[tuple[str, Any]], str, int | None]:
+    """A multi-label run's ``--data``: label folders, copies of one image in several merged (docs/data.md)."""
+    from regraft.data.discovery import label_folders
+
+    subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    unknown = [d for d in subdirs if d not in loaded.classes]
+    if unknown:
+        raise DataError(f"--data {data}: label folder(s) {', '.join(unknown)} are not among the run's labels ({', '.join(loaded.classes)})")
+    samples = label_folders(root, loaded.classes)
+    if not samples:
+        raise DataError(f"--data {data}: no images in label subfolders of {root}")
+    return [(s.path, s.label) for s in samples], str(root), None
+
+
+def _own_split(loaded: LoadedRun) -> tuple[list[tuple[str, Any]], str, int | None]:
     from regraft import data as rdata
     from regraft.config import Config
 
@@ -112,12 +136,13 @@ def _own_split(loaded: LoadedRun) -> tuple[list[tuple[str, int]], str, int | Non
     splits = rdata.discover(
         cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed,
         train_csv=cfg.train_csv, val_csv=cfg.val_csv, classes_file=cfg.classes_file,
+        multilabel=_task(loaded).multilabel, label_sep=cfg.label_sep,
     )
     if list(splits.classes) != loaded.classes:
         raise DataError(f"{cfg.data} now has classes {list(splits.classes)}, the run was trained on {loaded.classes}; pass --data DIR")
     if not splits.val:
         raise DataError(f"the run's data {cfg.data} has no validation images; pass --data DIR")
-    return [(str(p), int(y)) for p, y in splits.val], f"validation split of {cfg.data}", int(cfg.batch_size)
+    return [(str(p), y) for p, y in splits.val], f"validation split of {cfg.data}", int(cfg.batch_size)
 
 
 def evaluate_run(
@@ -143,11 +168,14 @@ def evaluate_run(
         tta: ``none``, ``flip`` or ``flip+crops``; the TTA figures go under ``"tta"``.
 
     Returns:
-        ``accuracy``, ``loss``, ``per_class`` (accuracy, precision, recall, F1, support),
-        ``confusion_matrix``, ``ece``, ``macro_f1``, ``n_images``, ``classes``, ``data``,
-        ``skipped``, ``weights``, ``precision``, ``batch_size``, ``summary`` (the run's
-        ``summary.json`` figures, when evaluated on its own split) and ``tta`` (None, or the
-        same metrics with ``views``, ``n_views`` and ``changed``: images whose top-1 it changed).
+        ``task``; ``accuracy``, ``loss``, ``per_class`` (accuracy, precision, recall, F1, support),
+        ``confusion_matrix``, ``ece``, ``macro_f1``, ``balanced_accuracy`` (multi-label runs:
+        ``map``, ``loss``, ``f1_macro``, ``f1_micro``, ``exact_match``, ``per_label``,
+        ``thresholds``, see :func:`~regraft.inference.metrics.multilabel_metrics`), ``n_images``,
+        ``classes``, ``data``, ``skipped``, ``weights``, ``precision``, ``batch_size``,
+        ``summary`` (the run's ``summary.json`` figures, when evaluated on its own split) and
+        ``tta`` (None, or the same metrics with ``views``, ``n_views`` and ``changed``: images
+        whose top-1, or label set, it changed).
 
     Raises:
         RunError, DataError, ConfigError: as the message says.
@@ -163,24 +191,42 @@ def evaluate_run(
         skipped += [str(item[0]) for item, _ in batch.failed]
         if batch.items:
             logits.append(forward_views(numerics, loaded.model, batch))
-            targets += [int(label) for _, label in batch.items]
+            targets += [label for _, label in batch.items]
             sizes.append(len(batch.items))
     if not logits:
         raise DataError(f"none of the {len(samples)} images in {where} could be decoded (e.g. {skipped[0]}); run 'regraft scan' on it")
-    views = torch.cat(logits)
-    y = torch.tensor(targets, dtype=torch.long)
-    metrics = classification_metrics(views[:, 0], y, loaded.classes, batches=sizes)
+    views, task = torch.cat(logits), _task(loaded)
+    y = rules(task).targets(targets, len(loaded.classes))
+    metrics = _metrics(views[:, 0], y, loaded, sizes)
     metrics.update({
-        "classes": loaded.classes, "data": where, "skipped": skipped, "weights": str(loaded.weights),
+        "task": task.value, "classes": loaded.classes, "data": where, "skipped": skipped, "weights": str(loaded.weights),
         "precision": numerics.precision, "batch_size": bs, "summary": _summary(loaded) if data is None else None, "tta": None,
     })
     if tta is not TTA.NONE:
-        combined = mean_probs(views).log().float()  # log-probabilities: their cross-entropy is the NLL
-        metrics["tta"] = classification_metrics(combined, y, loaded.classes, batches=sizes) | {
-            "views": tta.value, "n_views": tta.n_views,
-            "changed": int((combined.argmax(1) != views[:, 0].argmax(1)).sum()) if len(y) else 0,
+        p = mean_probs(views, multilabel=task.multilabel)
+        # log-probabilities (their cross-entropy is the NLL); multi-label: the logit of the averaged sigmoids
+        combined = (p.log() - (1 - p).log()).float() if task.multilabel else p.log().float()
+        metrics["tta"] = _metrics(combined, y, loaded, sizes) | {
+            "views": tta.value, "n_views": tta.n_views, "changed": _changed(combined, views[:, 0], loaded) if len(y) else 0,
         }
     return metrics
+
+
+def _metrics(logits: torch.Tensor, y: torch.Tensor, loaded: LoadedRun, sizes: list[int]) -> dict[str, Any]:
+    thresholds = read_thresholds(loaded.card)
+    if thresholds is not None:
+        return multilabel_metrics(logits, y, loaded.classes, thresholds=thresholds, batches=sizes)
+    return classification_metrics(logits, y, loaded.classes, batches=sizes)
+
+
+def _changed(combined: torch.Tensor, plain: torch.Tensor, loaded: LoadedRun) -> int:
+    """Images whose decision TTA changed: the top-1 class, or the set of labels above their thresholds."""
+    thresholds = read_thresholds(loaded.card)
+    if thresholds is None:
+        return int((combined.argmax(1) != plain.argmax(1)).sum())
+    limits = torch.tensor(thresholds, dtype=torch.float64)
+    decide = lambda z: torch.sigmoid(z.double()) > limits  # noqa: E731
+    return int((decide(combined) != decide(plain)).any(dim=1).sum())
 
 
 def _batch_size(value: int) -> int:
@@ -199,7 +245,8 @@ def _summary(loaded: LoadedRun) -> dict[str, Any] | None:
         return None
     if not isinstance(summary, dict):
         return None
-    keys = ("best_val_acc", "best_val_loss") if loaded.weights is WeightsChoice.BEST else ()
+    primary = str(summary.get("primary") or "val_acc")
+    keys = (f"best_{primary}", "best_val_loss") if loaded.weights is WeightsChoice.BEST else ()
     return {k: summary[k] for k in keys if isinstance(summary.get(k), (int, float))} or None
 
 
@@ -225,7 +272,10 @@ def predict(
 
     Returns:
         One dict per image, in input order: ``path`` and ``top`` (a list of ``{"class", "prob"}``;
-        with ``tta`` also ``plain``, the top-1 without it), or ``path`` and ``error``.
+        with ``tta`` also ``plain``, the top-1 without it), or ``path`` and ``error``. A
+        multi-label run adds ``labels``: every label above its threshold, ``{"class", "prob",
+        "threshold"}``, most probable first (``top`` then ranks the labels' sigmoids; ``plain``
+        is the labels above their thresholds without TTA).
 
     Raises:
         DataError: a path does not exist or no image is found; RunError, ConfigError.
@@ -240,6 +290,8 @@ def predict(
     files = expand_paths(paths)
     numerics.prepare(loaded.model)
     k = min(topk, len(loaded.classes))
+    thresholds = read_thresholds(loaded.card)
+    multilabel = thresholds is not None
     results: dict[int, dict[str, Any]] = {}
     for batch in image_batches(list(enumerate(files)), loaded.transform(), batch_size=_batch_size(batch_size), tta=tta, path_of=lambda s: s[1]):
         for (i, f), error in batch.failed:
@@ -247,12 +299,15 @@ def predict(
         if not batch.items:
             continue
         views = forward_views(numerics, loaded.model, batch)
-        probs = mean_probs(views)
-        plain = views[:, 0].double().softmax(1)
+        probs = mean_probs(views, multilabel=multilabel)
+        plain = mean_probs(views[:, :1], multilabel=multilabel)
         for row, (i, f) in enumerate(batch.items):
             results[i] = {"path": str(f), "top": _top(probs[row], loaded.classes, k)}
+            if multilabel:
+                results[i]["labels"] = above_thresholds(probs[row].tolist(), loaded.classes, thresholds)
             if tta is not TTA.NONE:
-                results[i]["plain"] = _top(plain[row], loaded.classes, 1)[0]
+                results[i]["plain"] = (above_thresholds(plain[row].tolist(), loaded.classes, thresholds) if multilabel
+                                       else _top(plain[row], loaded.classes, 1)[0])
     return [results[i] for i in range(len(files))]
 
 

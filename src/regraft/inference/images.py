@@ -107,7 +107,9 @@ def forward_views(numerics: Any, model: torch.nn.Module, batch: Batch) -> torch.
     return torch.stack([numerics(model, x).cpu() for x in batch.views], dim=1)
 
 
-def mean_probs(logits: torch.Tensor) -> torch.Tensor:
+def mean_probs(logits: torch.Tensor, *, multilabel: bool = False) -> torch.Tensor:
     """``(n, views, K)`` logits -> ``(n, K)`` float64 softmax probabilities averaged over the views
-    (float64, as the ONNX runtime computes them; one view gives its plain softmax)."""
-    return logits.double().softmax(-1).mean(1)
+    (float64, as the ONNX runtime computes them; one view gives its plain softmax). Multi-label:
+    each label's sigmoid, averaged over the views."""
+    z = logits.double()
+    return (torch.sigmoid(z) if multilabel else z.softmax(-1)).mean(1)

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-__all__ = ["classification_metrics", "expected_calibration_error", "summed_loss"]
+from regraft.tasks import balanced_accuracy, label_table, rules
+
+__all__ = ["classification_metrics", "multilabel_metrics", "expected_calibration_error", "summed_loss"]
 
 ECE_BINS = 15
 
@@ -64,7 +66,9 @@ def classification_metrics(
 
     Returns:
         ``accuracy``, ``loss``, ``n_images``, ``per_class`` (name -> accuracy, precision, recall,
-        f1, support), ``confusion_matrix`` (rows: true class), ``ece``, ``macro_f1``.
+        f1, support), ``confusion_matrix`` (rows: true class), ``ece``, ``macro_f1``,
+        ``balanced_accuracy`` (the mean recall over the classes with an image, as training's
+        ``val_balanced_acc``).
     """
     from torchmetrics.functional.classification import (
         multiclass_confusion_matrix,
@@ -77,7 +81,7 @@ def classification_metrics(
     if n == 0:
         empty = {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
         return {"accuracy": 0.0, "loss": float("nan"), "n_images": 0, "per_class": {c: dict(empty) for c in classes},
-                "confusion_matrix": [[0] * k for _ in range(k)], "ece": 0.0, "macro_f1": 0.0}
+                "confusion_matrix": [[0] * k for _ in range(k)], "ece": 0.0, "macro_f1": 0.0, "balanced_accuracy": 0.0}
     logits, targets = logits.float(), targets.long()
     kk = max(k, 2)  # torchmetrics' multiclass metrics want two classes at least
     args = {"num_classes": kk, "average": "none"}
@@ -99,4 +103,36 @@ def classification_metrics(
         "confusion_matrix": cm.tolist(),
         "ece": expected_calibration_error(logits, targets),
         "macro_f1": float(f1[:k].mean()),
+        "balanced_accuracy": balanced_accuracy(cm.diagonal(), support),
+    }
+
+
+def multilabel_metrics(
+    logits: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], *, thresholds: Sequence[float],
+    batches: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """mAP, loss, the F1 figures at 0.5 and at the run's thresholds, exact match and the per-label table.
+
+    ``map`` and ``loss`` are computed as training's validation computes ``val_map`` and
+    ``val_loss`` (:mod:`regraft.tasks`), so on the run's own split they reproduce ``summary.json``.
+
+    Args:
+        logits: ``(n, L)`` logits (or the logit of averaged probabilities, with test-time augmentation).
+        targets: ``(n, L)`` 0/1.
+        classes: the ``L`` label names.
+        thresholds: one per label (``model.json``).
+        batches: the sizes of the batches the loss is summed in.
+
+    Returns:
+        ``map``, ``loss``, ``n_images``, ``f1_macro``, ``f1_micro``, ``exact_match`` (at the
+        thresholds), ``f1_macro_at_0.5``, ``f1_micro_at_0.5``, ``per_label`` (name -> ap,
+        threshold, precision, recall, f1, support), ``thresholds``.
+    """
+    scored = rules("multilabel").evaluation(logits.float(), targets.float(), batches=batches)
+    table = label_table(logits, targets, classes, thresholds)
+    return {
+        "map": scored.figures["val_map"], "loss": scored.loss if len(targets) else float("nan"), "n_images": len(targets),
+        "f1_macro": table["f1_macro"], "f1_micro": table["f1_micro"], "exact_match": table["exact_match"],
+        "f1_macro_at_0.5": scored.figures["val_f1_macro"], "f1_micro_at_0.5": scored.figures["val_f1_micro"],
+        "per_label": table["per_label"], "thresholds": list(map(float, thresholds)),
     }

@@ -43,6 +43,7 @@ def draw_run(
     top_n: int = 16,
     n_samples: int = 16,
     batch_transform: Callable[..., Any] | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> list[Path]:
     """Write a run's plots (curves, confusion matrix, top losses, samples) and its report.html.
 
@@ -65,6 +66,10 @@ def draw_run(
         batch_transform: the run's MixUp/CutMix transform (``data.mixup_cutmix``), when it has
             one: ``samples.png`` then shows the mixed images the model trains on, each titled
             with its soft label.
+        thresholds: a multi-label run's per-label thresholds (``targets`` are then ``(N, L)``
+            multi-hot rows): there is no confusion matrix, and ``top_losses.png`` shows the
+            images with the highest mean binary cross-entropy, titled with their true and
+            predicted label sets.
 
     Returns:
         The files written, report.html last.
@@ -74,10 +79,11 @@ def draw_run(
     """
     folder = Path(getattr(run, "path", run))
     norm = (mean, std)
+    multilabel = thresholds is not None
     steps: list[tuple[str, Callable[[Path], Path | None]]] = [
         ("curves.png", lambda p: _curves(folder, p)),
-        ("confusion_matrix.png", lambda p: _confusion(logits, targets, classes, p)),
-        ("top_losses.png", lambda p: _top_losses(logits, targets, classes, val_dataset, indices, norm, p, top_n)),
+        ("confusion_matrix.png", lambda p: None if multilabel else _confusion(logits, targets, classes, p)),
+        ("top_losses.png", lambda p: _top_losses(logits, targets, classes, val_dataset, indices, norm, p, top_n, thresholds)),
         ("samples.png", lambda p: _samples(train_dataset, classes, norm, p, n_samples, batch_transform)),
     ]
     written: list[Path] = []
@@ -146,15 +152,18 @@ def _confusion(logits: Any, targets: Any, classes: Sequence[str], path: Path) ->
     return plot_confusion(confusion_matrix(targets, preds, num_classes=len(classes)), classes, path)
 
 
-def _top_losses(logits, targets, classes, dataset, indices, norm, path: Path, n: int) -> Path | None:
+def _top_losses(logits, targets, classes, dataset, indices, norm, path: Path, n: int, thresholds=None) -> Path | None:
     if logits is None or targets is None or dataset is None:
         return None
     z = _numpy(logits).astype(np.float64)
-    y = _numpy(targets).astype(np.int64).ravel()
-    rows = list(indices) if indices is not None else list(range(len(y)))
-    if indices is None and len(y) != len(dataset):
-        log.warning("top_losses.png skipped: %d logits for %d images and no indices to match them", len(y), len(dataset))
+    n_rows = len(_numpy(targets))
+    rows = list(indices) if indices is not None else list(range(n_rows))
+    if indices is None and n_rows != len(dataset):
+        log.warning("top_losses.png skipped: %d logits for %d images and no indices to match them", n_rows, len(dataset))
         return None
+    if thresholds is not None:
+        return _top_losses_multilabel(z, _numpy(targets).astype(np.float64), classes, dataset, rows, norm, path, n, thresholds)
+    y = _numpy(targets).astype(np.int64).ravel()
     z = z - z.max(axis=1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     preds = probs.argmax(axis=1)
@@ -166,6 +175,29 @@ def _top_losses(logits, targets, classes, dataset, indices, norm, path: Path, n:
         for i in worst
     ]
     return plot_top_losses(items, path, n=n)
+
+
+def _top_losses_multilabel(z, y, classes, dataset, rows, norm, path: Path, n: int, thresholds) -> Path | None:
+    """The images whose predicted label set is wrong, highest mean binary cross-entropy first."""
+    p = 1.0 / (1.0 + np.exp(-z))
+    predicted = p > np.asarray(thresholds, dtype=np.float64)
+    truth = y > 0.5
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    losses = -(y * np.log(q) + (1 - y) * np.log(1 - q)).mean(axis=1)
+    wrong = np.flatnonzero((predicted != truth).any(axis=1))
+    worst = wrong[np.argsort(-losses[wrong], kind="stable")][:n]
+
+    def names(mask: np.ndarray) -> str:
+        return "+".join(c for c, on in zip(classes, mask, strict=True) if on) or "(none)"
+
+    confidence = np.where(predicted, p, 1 - p)  # how sure each decision was
+    items = [
+        (_dataset_image(dataset, rows[i], norm), names(truth[i]), names(predicted[i]),
+         float(confidence[i][predicted[i] != truth[i]].max()), float(losses[i]))
+        for i in worst
+    ]
+    heading = "top losses: true labels / predicted labels / confidence of the worst wrong decision"
+    return plot_top_losses(items, path, n=n, heading=heading, empty="no validation image with a wrong label set")
 
 
 def _samples(dataset: Any, classes: Sequence[str], norm, path: Path, n: int, batch_transform: Any) -> Path | None:

@@ -56,18 +56,31 @@ def sample_grid(
             if item is None:  # an unreadable file the dataset drops
                 continue
             images.append(to_image(item[0]))
-            labels.append(int(item[1]))
+            labels.append(_label(item[1]))
         if not images:
             return None
         if batch_transform is None:
-            return images, [classes[y] for y in labels], _PLAIN
+            return images, [_title(y, classes) for y in labels], _PLAIN
         mixed = _mix(images, labels, classes, batch_transform)
     if mixed is None:
-        return images, [classes[y] for y in labels], _PLAIN
+        return images, [_title(y, classes) for y in labels], _PLAIN
     return mixed
 
 
-def _mix(images: list[np.ndarray], labels: list[int], classes: Sequence[str], transform: Callable[..., Any]):
+def _label(y: Any) -> int | tuple[int, ...]:
+    """A class index, or (a multi-hot row of a multi-label run) the tuple of its labels."""
+    if hasattr(y, "ndim") and getattr(y, "ndim", 0) >= 1:
+        return tuple(int(i) for i in np.flatnonzero(np.asarray(y) > 0.5))
+    return int(y)
+
+
+def _title(y: int | tuple[int, ...], classes: Sequence[str]) -> str:
+    if isinstance(y, tuple):
+        return "+".join(classes[i] for i in y) or "(no label)"
+    return classes[y]
+
+
+def _mix(images: list[np.ndarray], labels: list[Any], classes: Sequence[str], transform: Callable[..., Any]):
     """The crops through ``transform`` two at a time (each pair draws its own mixing weight, as
     every training batch does), with soft-label titles. None when the crops cannot be batched."""
     import torch
@@ -76,7 +89,12 @@ def _mix(images: list[np.ndarray], labels: list[int], classes: Sequence[str], tr
         log.warning("samples.png shows the crops unmixed: they differ in size (%s)", sorted({im.shape for im in images}))
         return None
     x = torch.from_numpy(np.stack([im if im.ndim == 3 else im[..., None] for im in images])).permute(0, 3, 1, 2).float() / 255.0
-    y = torch.tensor(labels, dtype=torch.long)
+    if labels and isinstance(labels[0], tuple):  # multi-label: multi-hot rows, mixed as they are
+        y = torch.zeros(len(labels), len(classes))
+        for i, positives in enumerate(labels):
+            y[i, list(positives)] = 1.0
+    else:
+        y = torch.tensor(labels, dtype=torch.long)
     kinds = _kinds(transform)
     shares = np.array_split(np.arange(len(images)), len(kinds))
     out, titles = [], []

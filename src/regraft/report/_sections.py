@@ -13,11 +13,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from regraft.report._timeline import stage_name, timeline, validation_of
+from regraft.report._timeline import primary_of, stage_name, timeline, validation_of
 
 __all__ = [
     "esc", "section", "summary_cards", "figure", "load_report", "freeze_audit", "metrics_table",
-    "pre", "key_values", "PNG_MAGIC",
+    "pre", "key_values", "PNG_MAGIC", "per_class", "per_label",
 ]  # fmt: skip
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -55,19 +55,30 @@ def summary_cards(summary: Mapping[str, Any], *, kept: str | None = None) -> str
             defaults to the summary's ``best_epoch``/``best_stage``.
     """
     cards = []
-    best = summary.get("best_val_acc")
+    key = primary_of(summary)
+    best = summary.get(f"best_{key}")
+    validation = validation_of(summary)
+    name = validation.figure
     if best is not None:
-        validation = validation_of(summary)
         where = kept or _kept_where(summary)
         if validation.cross_validated:
             spread = f" ± {_pct(validation.std)}" if not math.isnan(validation.std) else ""
-            cards.append(("cross-validated accuracy", _pct(best) + spread, f"{validation.folds}-fold; kept weights: {where}"))
+            cards.append((f"cross-validated {name}", _pct(best) + spread, f"{validation.folds}-fold; kept weights: {where}"))
         else:
-            cards.append(("val accuracy, kept weights", _pct(best), where))
-    if summary.get("final_val_acc") is not None:
-        cards.append(("final val accuracy", _pct(summary["final_val_acc"]), "last epoch"))
+            cards.append((f"val {name}, kept weights", _pct(best), where))
+    if summary.get(f"final_{key}") is not None:
+        cards.append((f"final val {name}", _pct(summary[f"final_{key}"]), "last epoch"))
+    if summary.get("best_val_balanced_acc") is not None:
+        cards.append(("balanced accuracy", _pct(summary["best_val_balanced_acc"]), "mean recall over classes, kept weights"))
+    if summary.get("f1_macro_at_thresholds") is not None:
+        cards.append(("macro F1", _pct(summary["f1_macro_at_thresholds"]),
+                      f"at the per-label thresholds; micro {_pct(summary.get('f1_micro_at_thresholds'))}"))
     if summary.get("best_val_loss") is not None:
         cards.append(("val loss", _num(summary["best_val_loss"], "loss"), "best weights"))
+    balance = summary.get("balance")
+    if isinstance(balance, Mapping) and balance.get("mode") is not None:
+        ratio = _float(balance.get("imbalance"))
+        cards.append(("balance", esc(balance["mode"]), f"imbalance {ratio:.1f}x" if not math.isnan(ratio) else ""))
     if summary.get("train_seconds") is not None:
         cards.append(("training time", _duration(summary["train_seconds"]), _rate(summary.get("images_per_sec"))))
     if summary.get("trainable_params") is not None:
@@ -144,6 +155,40 @@ def metrics_table(rows: Sequence[Mapping[str, Any]], *, summary: Mapping[str, An
         notes.append("This older run numbered each stage's epochs from 1.")
     note = f'<p class="note">{esc(" ".join(notes))}</p>' if notes else ""
     return note + _table(rows, highlight=kept.index if kept else None, highlight_class="kept" if kept and kept.recorded else "best")
+
+
+def per_class(summary: Mapping[str, Any]) -> str | None:
+    """Each class's recall on the validation images (the kept weights), lowest first: where imbalance hurts."""
+    recall = summary.get("per_class_recall")
+    if not isinstance(recall, Mapping) or not recall:
+        return None
+    rows = sorted(recall.items(), key=lambda kv: (_float(kv[1]) if kv[1] is not None else math.inf, str(kv[0])))
+    body = "".join(f"<tr><td>{esc(name)}</td><td>{_pct(value)}</td></tr>" for name, value in rows)
+    bal = summary.get("best_val_balanced_acc")
+    note = f'<p class="note">Balanced accuracy (their mean): {_pct(bal)}. Lowest recall first.</p>' if bal is not None else ""
+    return note + f'<div class="scroll"><table class="grid"><thead><tr><th>class</th><th>recall</th></tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def per_label(summary: Mapping[str, Any]) -> str | None:
+    """The multi-label table: each label's AP, threshold, precision, recall, F1 and support."""
+    labels = summary.get("per_label")
+    if not isinstance(labels, Mapping) or not labels:
+        return None
+    head = "".join(f"<th>{h}</th>" for h in ("label", "AP", "threshold", "precision", "recall", "F1", "positives"))
+    body = []
+    for name, v in labels.items():
+        v = v if isinstance(v, Mapping) else {}
+        cells = [_pct(v.get("ap")), _num(v.get("threshold"), "loss"), _pct(v.get("precision")), _pct(v.get("recall")),
+                 _pct(v.get("f1")), _num(v.get("support"), "count")]
+        body.append(f"<tr><td>{esc(name)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    source = summary.get("thresholds_source") or "validation"
+    kept = summary.get("thresholds_default") or []
+    note = (f"Thresholds chosen per label for the best F1 on the {esc(source)} images (so F1 here is optimistic; "
+            "mAP does not depend on them). A label is predicted when its probability is above its threshold.")
+    if kept:
+        note += f" Kept at 0.5 (no positive image to choose on): {esc(', '.join(map(str, kept)))}."
+    return (f'<p class="note">{note}</p><div class="scroll"><table class="grid"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 # --------------------------------------------------------------------------------------- helpers

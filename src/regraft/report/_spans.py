@@ -111,13 +111,13 @@ def points(ax: Any, tl: Timeline, key: str, *, scale: float = 1.0, color: str | 
 
 
 def kept_xy(tl: Timeline, metric: str, *, fallback: float = math.nan) -> tuple[float, float] | None:
-    """Where the star goes for ``metric`` ("acc" or "loss"): the kept row's x and its figure.
+    """Where the star goes for ``metric`` ("loss", or the primary figure: "acc", "map"): the kept row's x and its figure.
 
     ``fallback`` (the summary's own figure) is used when the row left that figure empty.
     """
     if tl.kept is None:
         return None
-    key = tl.kept.acc_key if metric == "acc" else tl.kept.loss_key
+    key = tl.kept.loss_key if metric == "loss" else tl.kept.acc_key
     y = as_float(tl.rows[tl.kept.index].get(key))
     if math.isnan(y):
         y = fallback

@@ -9,6 +9,10 @@ The contract (docs/report.md): ``metrics.csv`` has one row per evaluation in tim
 epoch), a ``stage`` column (contiguous equal stages form one span) and ``kept`` = 1 on exactly
 the row whose weights were saved. Older runs numbered each stage's epochs from 1 again and had no
 ``kept`` column: their stages are laid end to end and the kept row is found from ``summary.json``.
+
+The figure that decides which row is kept is the run's primary figure: ``summary.json``'s
+``primary`` names its column (``val_acc``; ``val_map`` for multi-label runs), ``val_acc`` when the
+summary does not say (runs before multi-label support).
 """
 
 from __future__ import annotations
@@ -22,13 +26,20 @@ from typing import Any
 
 from regraft.report._figure import as_float
 
-__all__ = ["Span", "Kept", "Timeline", "timeline", "Validation", "validation_of", "stage_name"]
+__all__ = ["Span", "Kept", "Timeline", "timeline", "Validation", "validation_of", "stage_name", "primary_of", "FIGURE_NAMES"]
 
 log = logging.getLogger(__name__)
 
 UNNAMED = "(no stage)"  # rows without a stage in a run whose other rows have one
 # metrics.csv holds 6 significant digits, summary.json more: figures this close are the same figure
 _SAME = 5e-6
+FIGURE_NAMES = {"val_acc": "accuracy", "val_map": "mAP"}  # a primary column -> its name for people
+
+
+def primary_of(summary: Mapping[str, Any] | None) -> str:
+    """The column of the run's primary figure: ``summary.json``'s ``primary``, else ``val_acc``."""
+    key = str((summary or {}).get("primary") or "val_acc")
+    return key if key in FIGURE_NAMES else "val_acc"
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,8 @@ class Kept:
     ``source`` is ``"kept"`` (the ``kept`` column), ``"summary"`` (``summary.json``'s best
     epoch and figures) or ``"highest"`` (neither recorded: the highest validation accuracy,
     which is what older runs kept). ``acc_key``/``loss_key`` name the columns that hold the
-    kept figures (``val_acc_ema`` when the summary's figures are the EMA weights').
+    kept figures (``val_acc_ema`` when the summary's figures are the EMA weights'; ``val_map``
+    for a multi-label run).
     """
 
     index: int
@@ -78,6 +90,7 @@ class Timeline:
     spans: list[Span]
     kept: Kept | None
     restarted: bool  # an older run whose stages each counted epochs from 1, laid end to end here
+    primary: str = "val_acc"  # the column of the figure that decides "best" (val_acc | val_map)
 
     def label(self, i: int, *, of: Any = None) -> str:
         """``"epoch 3, fine-tune"`` (``"epoch 3 of 5, fine-tune"`` with ``of=5``): the row's own
@@ -125,8 +138,10 @@ def timeline(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | Non
     x, restarted = _one_axis(epochs)
     stages = [stage_name(r.get("stage")) for r in rows]
     spans = _spans(stages, x)
-    kept = _kept(rows, epochs, stages, spans, restarted, summary or {})
-    return Timeline(rows=rows, x=x, epochs=epochs, stages=stages, spans=spans, kept=kept, restarted=restarted)
+    primary = primary_of(summary)
+    kept = _kept(rows, epochs, stages, spans, restarted, summary or {}, primary)
+    return Timeline(rows=rows, x=x, epochs=epochs, stages=stages, spans=spans, kept=kept, restarted=restarted,
+                    primary=primary)
 
 
 def _one_axis(epochs: list[float]) -> tuple[list[float], bool]:
@@ -156,9 +171,9 @@ def _spans(stages: list[str], x: list[float]) -> list[Span]:
     return spans
 
 
-def _kept(rows, epochs, stages, spans, restarted, summary) -> Kept | None:
+def _kept(rows, epochs, stages, spans, restarted, summary, primary) -> Kept | None:
     flagged = [i for i, r in enumerate(rows) if _truthy(r.get("kept"))]
-    acc_key, loss_key = _kept_columns(rows, flagged, summary)
+    acc_key, loss_key = _kept_columns(rows, flagged, summary, primary)
     if len(flagged) == 1:
         return Kept(flagged[0], "kept", acc_key, loss_key)
     if len(flagged) > 1:
@@ -167,21 +182,23 @@ def _kept(rows, epochs, stages, spans, restarted, summary) -> Kept | None:
     found = _from_summary(rows, epochs, stages, spans, restarted, summary, acc_key)
     if found is not None:
         return Kept(found, "summary", acc_key, loss_key)
-    accs = [as_float(r.get("val_acc")) for r in rows]
+    accs = [as_float(r.get(primary)) for r in rows]
     if all(math.isnan(a) for a in accs):
         return None
-    return Kept(max(range(len(rows)), key=lambda i: -math.inf if math.isnan(accs[i]) else accs[i]), "highest")
+    return Kept(max(range(len(rows)), key=lambda i: -math.inf if math.isnan(accs[i]) else accs[i]), "highest",
+                primary, "val_loss")
 
 
-def _kept_columns(rows, flagged, summary) -> tuple[str, str]:
-    """``val_acc_ema`` when the summary's best figure is the EMA weights' (closer than the raw one)."""
-    best = as_float(summary.get("best_val_acc"))
-    if math.isnan(best) or not any("val_acc_ema" in r for r in rows):
-        return "val_acc", "val_loss"
+def _kept_columns(rows, flagged, summary, primary) -> tuple[str, str]:
+    """The primary figure's ``_ema`` column when the summary's best figure is the EMA weights' (closer than the raw one)."""
+    best = as_float(summary.get(f"best_{primary}"))
+    ema_key = f"{primary}_ema"
+    if math.isnan(best) or not any(ema_key in r for r in rows):
+        return primary, "val_loss"
     candidates = [rows[i] for i in flagged] or rows
-    raw = min((abs(as_float(r.get("val_acc")) - best) for r in candidates), default=math.inf, key=_nan_last)
-    ema = min((abs(as_float(r.get("val_acc_ema")) - best) for r in candidates), default=math.inf, key=_nan_last)
-    return ("val_acc_ema", "val_loss_ema") if _nan_last(ema) < _nan_last(raw) else ("val_acc", "val_loss")
+    raw = min((abs(as_float(r.get(primary)) - best) for r in candidates), default=math.inf, key=_nan_last)
+    ema = min((abs(as_float(r.get(ema_key)) - best) for r in candidates), default=math.inf, key=_nan_last)
+    return (ema_key, "val_loss_ema") if _nan_last(ema) < _nan_last(raw) else (primary, "val_loss")
 
 
 def _from_summary(rows, epochs, stages, spans, restarted, summary, acc_key) -> int | None:
@@ -191,8 +208,9 @@ def _from_summary(rows, epochs, stages, spans, restarted, summary, acc_key) -> i
     numbering the probe's own epochs from 1: epoch 0 there means any row of the first stage.
     """
     best_epoch = as_float(summary.get("best_epoch"))
-    best_acc = as_float(summary.get("best_val_acc"))
+    best_acc = as_float(summary.get(f"best_{acc_key.removesuffix('_ema')}"))
     best_loss = as_float(summary.get("best_val_loss"))
+    loss_key = "val_loss_ema" if acc_key.endswith("_ema") else "val_loss"
     best_stage = stage_name(summary.get("best_stage"))
     if math.isnan(best_epoch) and math.isnan(best_acc):
         return None
@@ -209,7 +227,7 @@ def _from_summary(rows, epochs, stages, spans, restarted, summary, acc_key) -> i
 
     def distance(i: int) -> tuple[float, float, int]:
         acc = abs(as_float(rows[i].get(acc_key)) - best_acc)
-        loss = abs(as_float(rows[i].get(acc_key.replace("acc", "loss"))) - best_loss)
+        loss = abs(as_float(rows[i].get(loss_key)) - best_loss)
         return (_nan_last(acc), _nan_last(loss), -i)  # the later row on a tie: older runs kept the last best
 
     return min(cands, key=distance)
@@ -234,10 +252,14 @@ def _truthy(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Validation:
-    """How a run's validation figure was measured: a held-out split or k-fold cross-validation."""
+    """How a run's validation figure was measured: a held-out split or k-fold cross-validation.
+
+    ``figure`` names the figure (``accuracy``; ``mAP`` for multi-label runs).
+    """
 
     folds: int | None = None  # None: a held-out split
     std: float = math.nan
+    figure: str = "accuracy"
 
     @property
     def cross_validated(self) -> bool:
@@ -255,17 +277,22 @@ class Validation:
 
     @property
     def noun(self) -> str:
-        return "cross-validated accuracy" if self.cross_validated else "validation accuracy"
+        return f"cross-validated {self.figure}" if self.cross_validated else f"validation {self.figure}"
 
 
 def validation_of(summary: Mapping[str, Any] | None) -> Validation:
     """The summary's ``validation`` field read: ``"cv5"``, ``"cv-5"``, ``"5-fold"`` are 5-fold CV.
 
-    Anything else (``"holdout"``, absent) is a held-out split.
+    Anything else (``"holdout"``, absent) is a held-out split. The spread is the summary's
+    ``best_<primary>_std`` (``val_acc_std`` in older runs).
     """
-    text = str((summary or {}).get("validation") or "").strip().lower()
+    summary = summary or {}
+    primary = primary_of(summary)
+    figure = FIGURE_NAMES[primary]
+    text = str(summary.get("validation") or "").strip().lower()
     match = re.fullmatch(r"(?:cv[-_ ]?(\d+)|(\d+)[-_ ]?fold(?:[-_ ]?cv)?)", text)
     if not match:
-        return Validation()
+        return Validation(figure=figure)
     folds = int(match.group(1) or match.group(2))
-    return Validation(folds=folds, std=as_float((summary or {}).get("val_acc_std")))
+    std = summary.get("val_acc_std") if primary == "val_acc" and summary.get("val_acc_std") is not None else summary.get(f"best_{primary}_std")
+    return Validation(folds=folds, std=as_float(std), figure=figure)

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ TopLoss = tuple[Any, str, str, float, float]
 _CELL_INCHES = 2.1
 
 
-def plot_top_losses(items: Sequence[TopLoss], path: str | Path, *, n: int = 16) -> Path:
+def plot_top_losses(items: Sequence[TopLoss], path: str | Path, *, n: int = 16, heading: str | None = None,
+                    empty: str = "no misclassified validation images") -> Path:
     """Draw ``top_losses.png``: the ``n`` highest-loss images, each titled "true / pred / prob".
 
     With no items (nothing misclassified) the figure says so instead of failing.
@@ -39,6 +41,8 @@ def plot_top_losses(items: Sequence[TopLoss], path: str | Path, *, n: int = 16) 
             in any order; they are sorted by loss, highest first.
         path: where to write the PNG.
         n: how many images to show at most.
+        heading: the figure's title (default: what the titles of a single-label run say).
+        empty: what the figure says when there are no items.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -59,8 +63,8 @@ def plot_top_losses(items: Sequence[TopLoss], path: str | Path, *, n: int = 16) 
         f"{short_label(t, limit=12)} / {short_label(p, limit=12)} / {float(prob):.2f}\nloss {float(loss):.2f}"
         for _, t, p, prob, loss in chosen
     ]
-    heading = "top losses: true / predicted / probability of prediction"
-    return _grid(images, titles, path, heading=heading, empty="no misclassified validation images", title_color="#b22222")
+    heading = heading or "top losses: true / predicted / probability of prediction"
+    return _grid(images, titles, path, heading=heading, empty=empty, title_color="#b22222")
 
 
 def plot_samples(
@@ -157,5 +161,5 @@ def _grid(images: list[np.ndarray], titles: list[str], path: str | Path, *, head
             ax.set_title(text, fontsize=7.5, color=title_color)
         if not count:
             axes[0].text(0.5, 0.5, empty, ha="center", va="center", fontsize=11, transform=axes[0].transAxes)
-        fig.suptitle(heading, fontsize=10)
+        fig.suptitle(textwrap.fill(heading, width=max(30, int(figsize[0] * 13))), fontsize=10)  # ~13 characters an inch
     return Path(path)

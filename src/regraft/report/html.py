@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 # the figures a person looks at first, in this order, with their captions
 HEADLINE_FIGURES = (
-    ("curves.png", "loss and accuracy on one epoch axis: shaded spans are the training stages, the star marks the kept weights"),
+    ("curves.png", "loss and the primary figure (accuracy, or mAP for multi-label runs) on one epoch axis: "
+                   "shaded spans are the training stages, the star marks the kept weights"),
     ("confusion_matrix.png", "confusion matrix on the validation split: counts and row-normalised"),
     ("top_losses.png", "the most confidently wrong validation images"),
 )
@@ -101,6 +102,10 @@ def render_html_report(run_dir: str | Path) -> str:
     rows, metrics = _read_metrics(run, summary)
     if summary is not None or summary_err:
         parts.append(("summary", "Summary", summary_err or S.summary_cards(summary, kept=_kept_where(rows, summary))))
+    for anchor, name, render in (("per-class", "Per class", S.per_class), ("per-label", "Per label", S.per_label)):
+        body = render(summary) if summary is not None else None
+        if body:
+            parts.append((anchor, name, body))
     figures, others = _figures(run)
     if figures:
         parts.append(("figures", "Figures", figures))

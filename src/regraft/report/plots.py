@@ -71,14 +71,15 @@ def _draw_curves(fig: Any, rows: Sequence[Mapping[str, Any]], *, title: str | No
     margin = sp.pad(tl.x)
     loss_ax, acc_ax = fig.subplots(1, 2)
     unlabelled: list[str] = []
-    for ax, metric, scale, name in ((loss_ax, "loss", 1.0, "loss"), (acc_ax, "acc", 100.0, "accuracy (%)")):
+    figure = tl.primary.removeprefix("val_")  # acc | map: the right panel draws the run's primary figure
+    for ax, metric, scale, name in ((loss_ax, "loss", 1.0, "loss"), (acc_ax, figure, 100.0, f"{val.figure} (%)")):
         _run_lines(ax, tl, metric, scale=scale, validation=val, summary=summary or {})
         unlabelled += [s for s in sp.shade(ax, tl, colors, margin=margin, axes_inches=_PANEL_INCHES) if s not in unlabelled]
         ax.set_xlim(min(tl.x) - margin, max(tl.x) + margin)
         ax.set_xlabel(_epoch_axis_label(tl))
         ax.set_title(name if not val.cross_validated or metric == "loss" else f"{name}, validation by {val.folds}-fold CV")
         sp.integer_epochs(ax)
-        if metric == "acc":  # accuracy has a ceiling: room above 100% for the stage names, no tick there
+        if metric != "loss":  # accuracy and mAP have a ceiling: room above 100% for the stage names, no tick there
             bottom, top = ax.get_ylim()
             ax.set_ylim(bottom, min(top, 100.0 + 0.12 * max(100.0 - bottom, 1.0)))
             ax.set_yticks([t for t in ax.get_yticks() if bottom <= t <= 100.0])
@@ -106,9 +107,10 @@ def _run_lines(ax: Any, tl: Timeline, metric: str, *, scale: float, validation: 
     x, y = xy
     where = tl.label(tl.kept.index)
     ema = " (EMA)" if tl.kept.acc_key.endswith("_ema") else ""
-    if metric == "acc":
+    if metric != "loss":
         figure = validation.accuracy(y) if recorded else f"{y * 100:.1f}%"
-        label = f"kept weights{ema}: {figure} at {where}" if recorded else f"highest validation {figure} at {where}"
+        shown = f"{validation.figure} " if metric != "acc" else ""
+        label = f"kept weights{ema}: {shown}{figure} at {where}" if recorded else f"highest validation {shown}{figure} at {where}"
     else:
         label = f"kept weights{ema}: loss {y:.4f}" if recorded else None
     ax.plot([x], [y * scale], color=COLORS[3], label=label, **_STAR)

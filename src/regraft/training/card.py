@@ -14,6 +14,8 @@ import torch
 from regraft import zoo
 from regraft.config import Config
 from regraft.runs import RunDir
+from regraft.tasks import Task
+from regraft.tasks.decide import DEFAULT_THRESHOLD
 
 __all__ = ["CARD_FORMAT", "model_card", "environment_info", "write_run_start", "announce"]
 
@@ -24,9 +26,15 @@ def model_card(
     cfg: Config, *, ref: zoo.ModelRef, head: str, classes: list[str], data_config: zoo.DataConfig, strategy: str,
     frozen_bn: list[str] | None = None,
 ) -> dict[str, Any]:
-    """``model.json``: what a run's weights are, enough to rebuild and preprocess without the config."""
+    """``model.json``: what a run's weights are, enough to rebuild and preprocess without the config.
+
+    ``task`` says how outputs become predictions; a multi-label card also lists one decision
+    threshold per label (0.5 until the run chooses them on validation, when it finishes).
+    """
     pre = data_config.to_dict()
     pre["resize"] = int(math.floor(data_config.input_size[-1] / data_config.crop_pct))
+    task = Task.parse(cfg.task)
+    decisions = {"thresholds": [DEFAULT_THRESHOLD] * len(classes), "thresholds_source": "default"} if task.multilabel else {}
     return {
         "format": CARD_FORMAT,
         "architecture": {
@@ -41,6 +49,8 @@ def model_card(
         },
         "num_classes": len(classes),
         "classes": classes,
+        "task": task.value,
+        **decisions,
         "preprocessing": pre,
         "weights": cfg.weights,
         "strategy": strategy,

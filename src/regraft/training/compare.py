@@ -18,6 +18,7 @@ from typing import Any
 from regraft.config import STRATEGIES, Config
 from regraft.errors import ConfigError
 from regraft.runs import RunDir, RunKind, atomic_write_text, lock_scope
+from regraft.tasks import Task
 
 __all__ = ["compare", "ComparisonResult", "parse_strategies"]
 
@@ -65,6 +66,9 @@ def compare(
 
     out = Path(out)
     strategies = parse_strategies(strategies)
+    if Task.parse(cfg.task).multilabel:  # the table, the paired test and the verdict count right and wrong images
+        raise ConfigError("compare ranks strategies by accuracy with a paired test per image, which a multi-label run does "
+                          "not have: train each strategy with 'regraft train --task multilabel' and compare their best_val_map")
     RunDir.create(out, kind=RunKind.COMPARE, overwrite=overwrite, data=cfg.data)
     summaries, histories = [], {}
     for strategy in strategies:

@@ -3,7 +3,10 @@
 ``summary.json``'s figures are the kept row's (``metrics.csv`` marks it ``kept = 1``); the final
 evaluation of the kept weights on the validation images, in the numerics of inference, feeds the
 plots and ``val_predictions.csv`` and must agree with that row (it is what ``regraft eval``
-reproduces). Plots are drawn last: a drawing failure is logged, never fatal to a finished run.
+reproduces). It also gives the per-class figures and, for multi-label runs, the thresholds that
+``model.json`` keeps (:mod:`regraft.training.label_figures`). The figure names follow the task:
+``best_val_acc`` (multiclass) or ``best_val_map`` (multi-label), ``primary`` names it. Plots
+are drawn last: a drawing failure is logged, never fatal to a finished run.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch
 from torch import nn
 
 from regraft.runs import RunDir
-from regraft.training.loop import EvalResult, FitState, evaluate
+from regraft.training.label_figures import label_figures, write_thresholds
+from regraft.training.loop import EvalResult, FitState, better, evaluate
 from regraft.training.processes import Processes
 from regraft.training.setup import DataSetup
 
@@ -30,8 +34,13 @@ log = logging.getLogger(__name__)
 def finish(
     *, run: RunDir, model: nn.Module, data_setup: DataSetup, state: FitState, procs: Processes,
     summary_fields: dict[str, Any], batch_transform: Any = None,
+    out_of_fold: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Load the kept weights into ``model``, evaluate them, write metrics, summary, predictions and plots.
+
+    Args:
+        out_of_fold: the cross-validated probe's ``(probabilities, targets)`` of the training
+            images: the per-class figures and thresholds of a run without validation images.
 
     Returns:
         The summary (also written to ``summary.json``).
@@ -42,27 +51,32 @@ def finish(
     best = run.path / "model.safetensors"
     if best.is_file():
         model.load_state_dict(load_file(str(best)))
-    final = None
+    task, final = data_setup.rules, None
     if len(data_setup.val_dataset):
-        final = evaluate(model, data_setup.val_loader, procs=procs, collect=True)
+        final = evaluate(model, data_setup.val_loader, procs=procs, collect=True, task=task)
     kept = state.best_row or {}
     if final is not None and kept and not _agrees(final, kept):
         log.warning("the kept weights measure %.4f / %.5f on the validation images, their row said %.4f / %.5f",
-                    final.accuracy, final.loss, float(kept["val_acc"]), float(kept["val_loss"]))
-    summary = _summary(state, final, data_setup, model) | summary_fields
+                    final.score, final.loss, float(kept[task.primary]), float(kept["val_loss"]))
+    figures = label_figures(task, data_setup.classes, logits=final.logits if final is not None else None,
+                            targets=final.targets if final is not None else None,
+                            out_of_fold=out_of_fold if kept.get("stage") == "probe" else None)
+    summary = _summary(state, final, data_setup, model) | figures.summary | summary_fields
     if procs.is_main:
         rows = [dict(r, kept=int(i == state.best)) for i, r in enumerate(state.history)]
         run.write_metrics(rows)
         run.write_json("summary.json", summary)
+        write_thresholds(run, figures.thresholds)
+        thresholds = figures.thresholds.values if figures.thresholds is not None else None
         if final is not None:
-            write_predictions(run, data_setup, final, world_size=procs.count)
-        _draw(run, data_setup, final, world_size=procs.count, batch_transform=batch_transform)
+            write_predictions(run, data_setup, final, world_size=procs.count, thresholds=thresholds)
+        _draw(run, data_setup, final, world_size=procs.count, batch_transform=batch_transform, thresholds=thresholds)
     procs.wait()
     return summary
 
 
 def _agrees(final: EvalResult, row: dict[str, Any]) -> bool:
-    return abs(final.accuracy - float(row["val_acc"])) < 1e-9 and abs(final.loss - float(row["val_loss"])) < 1e-4
+    return abs(final.score - float(row[final.primary])) < 1e-9 and abs(final.loss - float(row["val_loss"])) < 1e-4
 
 
 def _summary(state: FitState, final: EvalResult | None, data_setup: DataSetup, model: nn.Module) -> dict[str, Any]:
@@ -72,15 +86,21 @@ def _summary(state: FitState, final: EvalResult | None, data_setup: DataSetup, m
     n_total = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trained = [r for r in history if r.get("lr") not in (None, "")]
+    key = data_setup.rules.primary  # val_acc | val_map
+    others = {f"best_{k}": v for k, v in kept.items() if k.startswith("val_") and k not in (key, "val_loss")
+              and not k.endswith(("_std", "_ema"))}
     return {
         "epochs": state.epoch,
         "best_epoch": kept.get("epoch"),
         "best_stage": kept.get("stage"),
-        "best_val_acc": kept.get("val_acc"),
+        f"best_{key}": kept.get(key),
         "best_val_loss": kept.get("val_loss"),
-        "best_val_acc_std": kept.get("val_acc_std"),
-        "final_val_acc": last.get("val_acc"),
+        f"best_{key}_std": kept.get(f"{key}_std"),
+        f"final_{key}": last.get(key),
         "final_val_loss": last.get("val_loss"),
+        **others,
+        "task": data_setup.task.value,
+        "primary": key,
         "validation": data_setup.regime,
         "train_seconds": round(state.train_seconds, 3),
         "images_per_sec": _mean([r["images_per_sec"] for r in trained]),
@@ -92,24 +112,23 @@ def _summary(state: FitState, final: EvalResult | None, data_setup: DataSetup, m
         "n_val": final.n if final is not None else 0,
         "stopped_early": bool(state.stop_reason),
         "stop_reason": state.stop_reason or None,
-        "ema": _ema(state),
+        "ema": _ema(state, key),
     }
 
 
-def _ema(state: FitState) -> dict[str, Any] | None:
+def _ema(state: FitState, key: str) -> dict[str, Any] | None:
     """The best EMA evaluation and whether it beats the kept weights (``--weights ema`` selects them)."""
-    from regraft.training.loop import better
-
-    rows = [r for r in state.history if r.get("val_acc_ema") is not None]
+    ema = f"{key}_ema"
+    rows = [r for r in state.history if r.get(ema) is not None]
     if not rows:
         return None
     best = rows[0]
     for r in rows[1:]:
-        if better(float(r["val_acc_ema"]), float(r["val_loss_ema"]), float(best["val_acc_ema"]), float(best["val_loss_ema"])):
+        if better(float(r[ema]), float(r["val_loss_ema"]), float(best[ema]), float(best["val_loss_ema"])):
             best = r
     kept = state.best_row or {}
-    beats = bool(kept) and better(float(best["val_acc_ema"]), float(best["val_loss_ema"]), float(kept["val_acc"]), float(kept["val_loss"]))
-    return {"weights": "model_ema.safetensors", "best_epoch": best["epoch"], "best_val_acc": best["val_acc_ema"],
+    beats = bool(kept) and better(float(best[ema]), float(best["val_loss_ema"]), float(kept[key]), float(kept["val_loss"]))
+    return {"weights": "model_ema.safetensors", "best_epoch": best["epoch"], f"best_{key}": best[ema],
             "best_val_loss": best["val_loss_ema"], "beats_kept": beats}
 
 
@@ -132,27 +151,28 @@ def _row_order(final: EvalResult, data_setup: DataSetup, world_size: int, run: R
     return None
 
 
-def write_predictions(run: RunDir, data_setup: DataSetup, final: EvalResult, *, world_size: int = 1) -> None:
-    """``val_predictions.csv``: one row per validation image, in the validation order
-    (``path,label,predicted,correct,p_label,p_predicted``), for paired comparisons of runs."""
+def write_predictions(run: RunDir, data_setup: DataSetup, final: EvalResult, *, world_size: int = 1,
+                      thresholds: list[float] | None = None) -> None:
+    """``val_predictions.csv``: one row per validation image, in the validation order, for paired
+    comparisons of runs: ``path,label,predicted,correct,p_label,p_predicted`` (multi-label:
+    ``path,labels,predicted,correct`` and one probability per label, decided at ``thresholds``)."""
     order = _row_order(final, data_setup, world_size, run)
     samples = data_setup.val_dataset.samples
-    probs = torch.softmax(final.logits.float(), dim=1)
-    classes = data_setup.classes
+    header, columns = data_setup.rules.prediction_columns(final.logits, final.targets, data_setup.classes,
+                                                          thresholds=thresholds)
     rows = []
-    for row, (p, target) in enumerate(zip(probs, final.targets.tolist(), strict=True)):
+    for row, cells in enumerate(columns):
         index = order[row] if order is not None else row
-        predicted = int(p.argmax())
-        rows.append((index, str(samples[index].path), classes[target], classes[predicted], int(predicted == target),
-                     f"{float(p[target]):.6g}", f"{float(p[predicted]):.6g}"))
+        rows.append((index, str(samples[index].path), *cells))
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "label", "predicted", "correct", "p_label", "p_predicted"])
+    writer.writerow(["path", *header])
     writer.writerows(r[1:] for r in sorted(rows))
     run.write_text("val_predictions.csv", buf.getvalue())
 
 
-def _draw(run: RunDir, data_setup: DataSetup, final: EvalResult | None, *, world_size: int = 1, batch_transform: Any = None) -> None:
+def _draw(run: RunDir, data_setup: DataSetup, final: EvalResult | None, *, world_size: int = 1, batch_transform: Any = None,
+          thresholds: list[float] | None = None) -> None:
     try:
         from regraft.report import draw_run
 
@@ -163,6 +183,7 @@ def _draw(run: RunDir, data_setup: DataSetup, final: EvalResult | None, *, world
             targets=final.targets if final is not None else None, val_dataset=data_setup.val_dataset,
             train_dataset=data_setup.train_dataset, indices=indices, mean=dcfg.mean, std=dcfg.std,
             batch_transform=batch_transform,  # samples.png shows the batches as mixup/cutmix mixed them
+            thresholds=thresholds,  # multi-label: the decisions of top_losses.png
         )
     except Exception as exc:  # noqa: BLE001 - the weights and metrics are already saved
         log.warning("could not draw the run's plots: %s", exc)

@@ -3,7 +3,8 @@
 Fine-tuning, training on cached features and each step of staged unfreezing are :class:`Stage`\\ s
 of one run; they append to one record of evaluations (``FitState.history``, which becomes
 ``metrics.csv``) on one epoch axis, and "best" is always a row of that record whose weights are
-the ones kept (``FitState.best``). The same :class:`Stepper` (autocast, the NaN guard, gradient
+the ones kept (``FitState.best``); what "best" means is the task's (:mod:`regraft.tasks`: the
+higher primary figure, ``val_acc`` or ``val_map``, then the lower loss). The same :class:`Stepper` (autocast, the NaN guard, gradient
 accumulation and clipping, the schedule, EMA) also drives ``lr_find``. Evaluation computes in the
 numerics of inference (fp32), so ``regraft eval`` reproduces every figure recorded here.
 
@@ -27,12 +28,13 @@ from regraft import rng
 from regraft.errors import TrainingError
 from regraft.inference.numerics import INFERENCE_NUMERICS
 from regraft.runs import RunDir
+from regraft.tasks import TaskRules, rules
 from regraft.training import checkpoint
 from regraft.training.numerics import StepNumerics
 from regraft.training.processes import Processes, Trackers
-from regraft.training.step import Stepper, Tally, correct
+from regraft.training.step import Stepper, Tally
 
-__all__ = ["Callback", "EpochResult", "EvalResult", "FitState", "Stage", "Stepper", "fit", "evaluate", "better"]
+__all__ = ["Callback", "EpochResult", "EvalResult", "FitState", "Stage", "Stepper", "fit", "evaluate", "better", "row_of"]
 
 
 log = logging.getLogger(__name__)
@@ -50,13 +52,17 @@ class Callback:
 
 @dataclass
 class EpochResult:
-    """One evaluation: a row of ``metrics.csv``. ``epoch`` is on the run's one axis (fractional mid-epoch)."""
+    """One evaluation: a row of ``metrics.csv``. ``epoch`` is on the run's one axis (fractional mid-epoch).
+
+    ``train_acc``/``val_acc`` are None for a task without them (multi-label: its figures, ``val_map``
+    and the rest, are in ``extra``); a None accuracy is left out of the row.
+    """
 
     epoch: float
     train_loss: float
-    train_acc: float
+    train_acc: float | None
     val_loss: float
-    val_acc: float
+    val_acc: float | None
     lr: float | None  # the mean LR of the steps since the last row (None for a closed-form fit)
     images_per_sec: float
     epoch_seconds: float
@@ -66,23 +72,44 @@ class EpochResult:
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
         row.update(row.pop("extra"))
+        for key in ("train_acc", "val_acc"):
+            if row[key] is None:
+                del row[key]
         if float(row["epoch"]).is_integer():
             row["epoch"] = int(row["epoch"])
         return row
 
+    def figure(self, key: str) -> float | None:
+        """A figure of the row by its column name (``val_acc``, ``val_map`` ...)."""
+        value = self.to_row().get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
 
 @dataclass
 class EvalResult:
+    """A validation pass: the mean loss, the images, the row's figures (``val_acc``, ``val_balanced_acc``;
+    ``val_map``, ``val_f1_macro``, ...) and ``score``, the primary one (the task's ``primary`` column)."""
+
     loss: float
-    accuracy: float
     n: int
+    figures: dict[str, float] = field(default_factory=dict)
+    primary: str = "val_acc"
     logits: torch.Tensor | None = None  # (n, K), only with collect=True
     targets: torch.Tensor | None = None
 
+    @property
+    def score(self) -> float:
+        return float(self.figures.get(self.primary, 0.0))
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.figures.get("val_acc")
+
 
 def better(acc: float, loss: float, than_acc: float, than_loss: float) -> bool:
-    """The one rule for "better" on validation evidence: higher accuracy, or the same and lower loss."""
-    return acc > than_acc or (acc == than_acc and loss < than_loss)
+    """The one rule for "better" on validation evidence: a higher primary figure (accuracy, or mAP for
+    multi-label runs), or the same and a lower loss (:meth:`regraft.tasks.TaskRules.better`)."""
+    return TaskRules.better(acc, loss, than_acc, than_loss)
 
 
 @dataclass
@@ -102,14 +129,15 @@ class FitState:
     stop_reason: str = ""  # why the stage stopped before its last epoch ("" = it did not)
     stopped_stage: str = ""  # which stage stopped early (a resumed run does not train it again)
     steps: int = 0  # optimizer steps so far (the trackers' axis)
+    primary: str = "val_acc"  # the column "better" compares first: the task's primary figure
 
     @property
     def best_row(self) -> dict[str, Any] | None:
         return self.history[self.best] if self.best is not None else None
 
-    def improves(self, acc: float, loss: float) -> bool:
+    def improves(self, score: float, loss: float) -> bool:
         row = self.best_row
-        return row is None or better(acc, loss, float(row["val_acc"]), float(row["val_loss"]))
+        return row is None or better(score, loss, float(row[self.primary]), float(row["val_loss"]))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,38 +184,39 @@ class Stage:
     stop_behind: int | None = None
     patience: int | None = None
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)
+    task: TaskRules = field(default_factory=rules)  # multiclass unless the run says otherwise
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, *, procs: Processes | None = None, collect: bool = False) -> EvalResult:
-    """Loss and accuracy of ``model`` over ``loader`` in the numerics of inference (``INFERENCE_NUMERICS``).
+def evaluate(model: nn.Module, loader: Iterable, *, procs: Processes | None = None, collect: bool = False,
+             task: TaskRules | None = None) -> EvalResult:
+    """Loss and the task's figures of ``model`` over ``loader`` in the numerics of inference (``INFERENCE_NUMERICS``).
 
     Args:
         model: the (possibly wrapped) model; put in eval mode and given back its mode afterwards.
         loader: yields ``(inputs, labels)``; under DDP each process must see a disjoint shard.
         collect: also return all logits and targets (gathered to every process, in shard order).
+        task: the run's :class:`~regraft.tasks.TaskRules` (default multiclass): what is scored and how.
     """
+    task = task or rules()
     procs = procs or Processes(device=next(model.parameters()).device)
     device = procs.device
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    scores = task.accumulator(device)
     all_logits, all_targets = [], []
     for x, y in loader:
         y = y.to(device, non_blocking=True)
         # the numerics of eval/predict/exports (fp32, channels_last), whatever training runs in:
         # so that `regraft eval` reproduces these figures and exports agree with them
         logits = INFERENCE_NUMERICS(model, x.float() if x.is_floating_point() else x).to(device)
-        totals[0] += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        totals[1] += correct(logits, y)
-        totals[2] += y.shape[0]
+        scores.add(logits, y)
         if collect:
             all_logits.append(logits.cpu())
             all_targets.append(y.cpu())
-    totals = procs.sum(totals)
+    scored = scores.result(reduce_sum=procs.sum, gather=procs.gather_objects)
     model.train(was_training)
-    n = int(totals[2].item())
-    result = EvalResult(loss=float(totals[0] / max(n, 1)), accuracy=float(totals[1] / max(n, 1)), n=n)
+    result = EvalResult(loss=scored.loss, n=scored.n, figures=scored.figures, primary=task.primary)
     if collect:
         parts = procs.gather_objects((torch.cat(all_logits) if all_logits else torch.zeros(0), torch.cat(all_targets) if all_targets else torch.zeros(0, dtype=torch.long)))
         result.logits = torch.cat([p[0] for p in parts])
@@ -217,6 +246,7 @@ def fit(
         return state
     state.stop_reason, state.stopped_stage = "", ""
     plan, loader = stage.plan, stage.train_loader
+    state.primary = stage.task.primary
     stepper = Stepper(
         stage.model, plan.optimizer, numerics=stage.numerics, criterion=stage.criterion, scheduler=plan.scheduler,
         grad_accum=stage.grad_accum, clip_grad=stage.clip_grad, ema=stage.ema, batch_transform=stage.batch_transform,
@@ -243,7 +273,7 @@ def _one_epoch(stage, stepper, state, *, procs, run, callbacks, trackers, steps)
         stage.after_train_mode(stage.model)
     for cb in callbacks:
         cb.on_epoch_start(e + 1)
-    tally = Tally(epoch=e + 1, steps=steps, callbacks=callbacks, defer=procs.device.type == "cuda")
+    tally = Tally(epoch=e + 1, steps=steps, callbacks=callbacks, defer=procs.device.type == "cuda", hits=stage.task.hits)
     marks = _mid_epoch_rows(stage, steps)
     for i, (x, y) in enumerate(stage.train_loader):
         sync = (i + 1) % stepper.grad_accum == 0 or i + 1 == steps
@@ -275,9 +305,9 @@ def _record(stage, state, tally, *, epoch, label, procs, run, callbacks, tracker
     """Evaluate, append the row, keep the weights if they are the best so far, checkpoint, decide to stop."""
     train_loss, train_acc, ips, lr, seconds = tally.totals(procs)
     state.train_seconds += seconds
-    val = evaluate(stage.model, stage.val_loader, procs=procs)
-    result = EpochResult(epoch=epoch, train_loss=train_loss, train_acc=train_acc, val_loss=val.loss, val_acc=val.accuracy,
-                         lr=lr, images_per_sec=ips, epoch_seconds=seconds, stage=label)
+    val = evaluate(stage.model, stage.val_loader, procs=procs, task=stage.task)
+    result = row_of(val, epoch=epoch, train_loss=train_loss, train_acc=train_acc, lr=lr, images_per_sec=ips,
+                    epoch_seconds=seconds, stage=label)
     if not math.isfinite(val.loss) or not _finite_weights(stage.weights):
         what = f"the validation loss became {val.loss}" if not math.isfinite(val.loss) else "the weights became NaN or infinite"
         raise TrainingError(
@@ -286,12 +316,13 @@ def _record(stage, state, tally, *, epoch, label, procs, run, callbacks, tracker
         )
     ema_better = False
     if stage.ema is not None:
-        ema_val = evaluate(stage.ema.module, stage.val_loader, procs=procs)
-        previous = [(r["val_acc_ema"], r["val_loss_ema"]) for r in state.history if r.get("val_acc_ema") is not None]
+        ema_val = evaluate(stage.ema.module, stage.val_loader, procs=procs, task=stage.task)
+        key = f"{state.primary}_ema"
+        previous = [(r[key], r["val_loss_ema"]) for r in state.history if r.get(key) is not None]
         best_ema = max(previous, key=lambda t: (t[0], -t[1]), default=None)
-        ema_better = best_ema is None or better(ema_val.accuracy, ema_val.loss, *best_ema)
-        result.extra.update(val_loss_ema=ema_val.loss, val_acc_ema=ema_val.accuracy)
-    improved = state.improves(val.accuracy, val.loss)
+        ema_better = best_ema is None or better(ema_val.score, ema_val.loss, *best_ema)
+        result.extra.update({"val_loss_ema": ema_val.loss, key: ema_val.score})
+    improved = state.improves(val.score, val.loss)
     state.history.append(result.to_row())
     if improved:
         state.best = len(state.history) - 1
@@ -319,14 +350,23 @@ def _record(stage, state, tally, *, epoch, label, procs, run, callbacks, tracker
         _tell(callbacks, state.stop_reason)
 
 
+def row_of(val: EvalResult, **fields: Any) -> EpochResult:
+    """The ``metrics.csv`` row of a validation pass: ``val_loss``, ``val_acc`` when the task has it, the
+    task's other figures in ``extra``."""
+    figures = dict(val.figures)
+    val_acc = figures.pop("val_acc", None)
+    return EpochResult(val_loss=val.loss, val_acc=val_acc, extra=figures, **fields)
+
+
 def _stop_reason(stage: Stage, state: FitState, val: EvalResult) -> str:
     row = state.history[-1]
     at = _fmt_epoch(row["epoch"])
     if stage.stop_behind is not None:
         ref = state.history[stage.stop_behind]
-        if not better(val.accuracy, val.loss, float(ref["val_acc"]), float(ref["val_loss"])):
-            return (f"{stage.name} stopped after epoch {at}: val acc {val.accuracy:.3f}, loss {val.loss:.3g} does not beat "
-                    f"the {ref['stage']} (acc {float(ref['val_acc']):.3f}, loss {float(ref['val_loss']):.3g})")
+        if not better(val.score, val.loss, float(ref[state.primary]), float(ref["val_loss"])):
+            name = stage.task.figure if stage.task.multilabel else "acc"
+            return (f"{stage.name} stopped after epoch {at}: val {name} {val.score:.3f}, loss {val.loss:.3g} does not beat "
+                    f"the {ref['stage']} ({name} {float(ref[state.primary]):.3f}, loss {float(ref['val_loss']):.3g})")
     if stage.patience is not None and state.bad_evals >= stage.patience * stage.evals_per_epoch and state.epoch < stage.last_epoch:
         return f"early stop after epoch {at}: validation loss has not improved for {stage.patience} epochs"
     return ""

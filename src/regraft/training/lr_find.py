@@ -35,6 +35,7 @@ from regraft.runs import RunDir, RunKind, lock_scope
 from regraft.training import setup
 from regraft.training.numerics import StepNumerics, step_numerics
 from regraft.training.processes import processes
+from regraft.training.stage import training_criterion
 from regraft.training.step import Stepper
 from regraft.weights import is_pretrained
 
@@ -189,7 +190,8 @@ def lr_find_run(cfg: Config, *, out: str | Path, start_lr: float = 1e-7, end_lr:
         model = net.model.to(procs.device)
         if numerics.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        criterion = training_criterion(cfg, data).to(procs.device)  # the run's own loss: task, weights, smoothing
         result = lr_find(model, data.train_loader, plan.optimizer, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps,
-                         base_lr=plan.lr, numerics=numerics, after_train_mode=apply_bn_policy)
+                         base_lr=plan.lr, numerics=numerics, after_train_mode=apply_bn_policy, criterion=criterion)
     plot = plot_lr_find(result.lrs, result.losses, result.suggestion, out / "lr_find.png")
     return result, plot

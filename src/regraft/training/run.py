@@ -31,7 +31,7 @@ from regraft.training import card as cards
 from regraft.training import checkpoint, loop, setup, wise
 from regraft.training.finish import finish
 from regraft.training.numerics import StepNumerics, step_numerics
-from regraft.training.probe import PROBE_STAGE, ProbeOutcome, fit_probe_stage
+from regraft.training.probe import PROBE_STAGE, ProbeLabels, ProbeOutcome, fit_probe_stage
 from regraft.training.processes import Processes, Trackers, check_trackers, processes
 from regraft.training.stage import training_stage
 from regraft.weights import is_pretrained
@@ -170,8 +170,10 @@ class _Sequence:
             raise self._interrupted() from None
         finally:
             trackers.finish()
+        probe = self.probe
+        oof = (probe.out_of_fold, probe.oof_targets) if probe is not None and probe.out_of_fold is not None else None
         summary = finish(run=self.run, model=self.net.model, data_setup=self.data, state=state, procs=procs,
-                         summary_fields=self._summary_fields(), batch_transform=self.batch_transform)
+                         summary_fields=self._summary_fields(), batch_transform=self.batch_transform, out_of_fold=oof)
         return RunResult(run=self.run, summary=summary, history=state.history, load_report=self.net.load_report,
                          audit=plan.audit())
 
@@ -182,7 +184,7 @@ class _Sequence:
 
     def _train(self, plan: strategies.TrainPlan, *, saved: dict[str, Any] | None, trackers: Trackers,
                resumed: ResumeState | None = None) -> loop.FitState:
-        decisions, state = self.decisions, loop.FitState()
+        decisions, state = self.decisions, loop.FitState(primary=self.data.rules.primary)
         if saved is not None:  # resume: the probe (if any) and the decision after it are in the checkpoint
             state = loop.FitState.from_dict(saved["fit"])
             self.continuation = Continuation(**saved["continuation"]) if saved.get("continuation") else None
@@ -221,6 +223,8 @@ class _Sequence:
             self.net.model, head=self.net.head, train_dataset=self.data.train_dataset, val_dataset=self.data.val_dataset,
             num_classes=len(self.data.classes), regime=self.data.regime, settings=CacheSettings.from_config(self.cfg),
             procs=self.procs, autocast=self.numerics.autocast, l2=self.cfg.probe_l2,
+            labels=ProbeLabels(task=self.data.rules, sample_weights=self.data.sample_weights,
+                               loss_weights=self.data.class_weights),
         )
         self.notify(outcome.message)
         self.probe = outcome
@@ -270,16 +274,18 @@ class _Sequence:
         model = self.net.model
         end = {k: v.detach().clone() for k, v in model.state_dict().items()}
         probe_row, last_row = state.history[0], state.history[ft_rows[-1]]
-        ends = ((float(probe_row["val_acc"]), float(probe_row["val_loss"])), (float(last_row["val_acc"]), float(last_row["val_loss"])))
+        key = state.primary
+        ends = ((float(probe_row[key]), float(probe_row["val_loss"])), (float(last_row[key]), float(last_row["val_loss"])))
         start = {k: v.to(end[k].device) for k, v in load_file(str(start_file)).items()}
         mix = wise.choose_mix(model, start=start, end=end, ends=ends,
-                              evaluate=lambda m: loop.evaluate(m, stage.val_loader, procs=self.procs))
+                              evaluate=lambda m: loop.evaluate(m, stage.val_loader, procs=self.procs, task=stage.task))
         self.mix = mix
-        tried = ", ".join(f"α {a:g}: {acc:.3f}" for a, acc, _ in mix.tried)
-        if 0.0 < mix.alpha < 1.0 and state.improves(mix.accuracy, mix.loss):
-            row = loop.EpochResult(epoch=float(last_row["epoch"]), train_loss=float("nan"), train_acc=float("nan"),
-                                   val_loss=mix.loss, val_acc=mix.accuracy, lr=None, images_per_sec=0.0,
-                                   epoch_seconds=0.0, stage="wise-ft", extra={"wise_alpha": mix.alpha})
+        tried = ", ".join(f"α {a:g}: {score:.3f}" for a, score, _ in mix.tried)
+        if 0.0 < mix.alpha < 1.0 and mix.result is not None and state.improves(mix.score, mix.loss):
+            train_acc = float("nan") if "train_acc" in last_row else None
+            row = loop.row_of(mix.result, epoch=float(last_row["epoch"]), train_loss=float("nan"), train_acc=train_acc,
+                              lr=None, images_per_sec=0.0, epoch_seconds=0.0, stage="wise-ft")
+            row.extra["wise_alpha"] = mix.alpha
             state.history.append(row.to_row())
             state.best = len(state.history) - 1
             if self.procs.is_main:
@@ -299,6 +305,7 @@ class _Sequence:
             "wall_seconds": round(time.perf_counter() - self.t_start, 3),
             "trunk_coverage": self.net.load_report.coverage if self.net.load_report is not None else 0.0,
             "numerics": self.numerics.to_dict() | {"evaluation": "fp32"},
+            "balance": self.data.balance.to_dict() if self.data.balance is not None else None,
         }
         if cont is not None and cont.action == "probe":  # only the head was fitted
             fields["trainable_params"] = sum(p.numel() for p in self.net.model.get_submodule(self.net.head).parameters())
@@ -306,7 +313,8 @@ class _Sequence:
             fields["wise_ft"] = {"alpha": self.mix.alpha, "tried": [list(t) for t in self.mix.tried]}
         probe = self.probe
         if probe is not None:
-            fields["probe"] = {"validation": probe.validation, "acc": probe.acc, "loss": probe.loss, "acc_std": probe.acc_std,
+            name = self.data.rules.primary.removeprefix("val_")  # acc | map
+            fields["probe"] = {"validation": probe.validation, name: probe.acc, "loss": probe.loss, f"{name}_std": probe.acc_std,
                                "l2": probe.l2, "folds": probe.folds, "seconds": round(probe.seconds, 3)}
         return fields
 

@@ -22,6 +22,18 @@ from regraft.data.sampler import EpochBatchSampler
 from regraft.errors import ConfigError, DataError
 from regraft.runs import RunDir
 from regraft.strategies import Decisions, validation_regime
+from regraft.tasks import (
+    Balance,
+    BalanceChoice,
+    Task,
+    TaskRules,
+    choose_balance,
+    class_weights,
+    pos_weights,
+    rules,
+    sample_weights,
+)
+from regraft.tasks.balance import label_counts
 from regraft.training.processes import Processes
 
 __all__ = ["Built", "DataSetup", "NetSetup", "check_inputs", "build_model", "setup_data", "setup_model", "make_loaders"]
@@ -45,7 +57,10 @@ class DataSetup:
     """The data of a run: classes, the split and how decisions are checked (``regime``), datasets, loaders.
 
     ``regime`` is ``holdout`` (a validation split) or ``cvK`` (no split: every image trains, and
-    the probe's k-fold cross-validation is the validation evidence).
+    the probe's k-fold cross-validation is the validation evidence). ``task`` is what the labels
+    are; ``balance`` what the run does about class imbalance, with its weights: ``loss_weights``
+    for the training loss (class weights; multi-label: positive weights) and ``sample_weights``
+    (one per training image) for the sampler and the probe.
     """
 
     splits: data.DataSplits
@@ -57,9 +72,22 @@ class DataSetup:
     val_dataset: Any
     train_loader: Any
     val_loader: Any
+    task: Task = Task.MULTICLASS
+    balance: BalanceChoice | None = None
+    class_weights: list[float] | None = None
+    sample_weights: list[float] | None = None
 
     def class_counts(self) -> list[int]:
         return self.splits.counts("train")
+
+    @property
+    def loss_weights(self) -> list[float] | None:
+        """The training loss's class (multi-label: positive) weights: ``--balance loss`` only."""
+        return self.class_weights if self.balance is not None and self.balance.mode is Balance.LOSS else None
+
+    @property
+    def rules(self) -> TaskRules:
+        return rules(self.task)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -99,28 +127,33 @@ def setup_data(
     """Discover the images, choose the validation regime, build datasets and loaders.
 
     Raises:
-        DataError: fewer than two classes, or a class without a readable training image.
+        DataError: fewer than two classes (multi-label: no label), or a class without a readable training image.
     """
+    task = Task.parse(cfg.task)
     splits = data.discover(
         cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed,
         train_csv=cfg.train_csv, val_csv=cfg.val_csv, classes_file=cfg.classes_file,
+        multilabel=task.multilabel, label_sep=cfg.label_sep,
     )
     if cfg.exclude:  # the fix loop (issue 20, regraft.data.fixes); what changed goes to RUN/fixes_applied.json
         splits, applied = data.apply_fixes(splits, data.read_fixes(cfg.exclude))
         run.write_json("fixes_applied.json", applied.to_dict())
         notify(f"fixes: {applied.describe()}")
     classes = list(splits.classes)
-    if len(classes) < 2:
+    if len(classes) < (1 if task.multilabel else 2):
         raise DataError(f"{cfg.data}: found {len(classes)} class ({', '.join(classes)}); a classifier needs at least 2 class folders")
     has_val = splits.layout in _SPLIT_LAYOUTS or (splits.layout == "csv" and cfg.val_csv is not None)
     counts = [a + b for a, b in zip(splits.counts("train"), splits.counts("val"), strict=True)]
     regime = validation_regime(decisions, has_val_split=has_val, class_counts=counts)
+    kinds = f"{len(classes)} labels ({splits.layout}, multi-label)" if task.multilabel else f"{len(classes)} classes ({splits.layout})"
     if regime != "holdout":  # no image is held out: the probe's cross-validation is the evidence
         splits = replace(splits, train=sorted(splits.train + splits.val, key=lambda s: (s.label, s.path)), val=[])
-        notify(f"data: {len(splits.train)} images in {len(classes)} classes ({splits.layout}), no validation split and "
+        notify(f"data: {len(splits.train)} images in {kinds}, no validation split and "
                f"at most ~{max(counts)} per class: every image trains, {regime[2:]}-fold cross-validation is the evidence")
     else:
-        notify(f"data: {len(splits.train)} training and {len(splits.val)} validation images in {len(classes)} classes ({splits.layout})")
+        notify(f"data: {len(splits.train)} training and {len(splits.val)} validation images in {kinds}")
+    if len(splits.train) < 2:  # a batch of one image breaks BatchNorm in training mode
+        raise DataError(f"{cfg.data}: {len(splits.train)} training image; training needs at least 2: add images")
     unreadable = data.check_readable(splits)  # raises when a class has no readable image
     if unreadable:
         more = " ..." if len(unreadable) > 3 else ""
@@ -128,28 +161,50 @@ def setup_data(
     dcfg = built.data_config.with_overrides(
         img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct
     )
-    train_ds, val_ds = _datasets(cfg, splits, dcfg, run=run)
-    train_loader, val_loader = make_loaders(train_ds, val_ds, cfg=cfg, procs=procs)
+    width = len(classes) if task.multilabel else None
+    train_ds, val_ds = _datasets(cfg, splits, dcfg, run=run, num_labels=width)
+    balance, weights_of_classes, weights = _balance(cfg, train_ds.labels, len(classes), task=task)
+    notify(balance.reason)
+    train_loader, val_loader = make_loaders(train_ds, val_ds, cfg=cfg, procs=procs,
+                                            sample_weights=weights if balance.mode is Balance.SAMPLER else None)
     return DataSetup(splits=splits, classes=classes, data_config=dcfg, regime=regime, has_val_split=has_val,
-                     train_dataset=train_ds, val_dataset=val_ds, train_loader=train_loader, val_loader=val_loader)
+                     train_dataset=train_ds, val_dataset=val_ds, train_loader=train_loader, val_loader=val_loader,
+                     task=task, balance=balance, class_weights=weights_of_classes, sample_weights=weights)
 
 
-def _datasets(cfg: Config, splits: data.DataSplits, dcfg: zoo.DataConfig, *, run: RunDir) -> tuple[Any, Any]:
+def _balance(cfg: Config, labels: list[Any], num_classes: int, *, task: Task
+             ) -> tuple[BalanceChoice, list[float] | None, list[float] | None]:
+    """What ``--balance`` resolves to on the training images as read, and its class (multi-label: positive)
+    and per-image weights (None for ``none``)."""
+    counts = label_counts(labels, num_classes, multilabel=task.multilabel)
+    choice = choose_balance(cfg.balance, counts=counts, multilabel=task.multilabel)
+    if choice.mode is Balance.NONE:
+        return choice, None, None
+    per_class = pos_weights(counts, len(labels)) if task.multilabel else class_weights(counts)
+    return choice, per_class, sample_weights(labels, num_classes, multilabel=task.multilabel)
+
+
+def _datasets(cfg: Config, splits: data.DataSplits, dcfg: zoo.DataConfig, *, run: RunDir, num_labels: int | None) -> tuple[Any, Any]:
     cache = data.DecodeCache.for_config(dcfg, ram=cfg.cache_ram, cache_dir=cfg.cache_dir) if cfg.decode_cache else None
     skip_log = run.path / "skipped_files.txt"
     train_tf = data.build_transforms(dcfg, train=True, augment=cfg.augment)
     val_tf = data.build_transforms(dcfg, train=False)
-    train_ds = data.ImageDataset(splits.train, train_tf, cache=cache, skip_log=skip_log)
-    val_ds = data.ImageDataset(splits.val, val_tf, cache=cache, skip_log=skip_log, on_error="drop")
+    train_ds = data.ImageDataset(splits.train, train_tf, cache=cache, skip_log=skip_log, num_labels=num_labels)
+    val_ds = data.ImageDataset(splits.val, val_tf, cache=cache, skip_log=skip_log, on_error="drop", num_labels=num_labels)
     return train_ds, val_ds
 
 
-def make_loaders(train_ds: Any, val_ds: Any, *, cfg: Config, procs: Processes) -> tuple[Any, Any]:
-    """Training and validation loaders over this process's shard, order fixed by ``(seed, epoch)``."""
+def make_loaders(train_ds: Any, val_ds: Any, *, cfg: Config, procs: Processes, sample_weights: list[float] | None = None
+                 ) -> tuple[Any, Any]:
+    """Training and validation loaders over this process's shard, order fixed by ``(seed, epoch)``.
+
+    ``sample_weights`` (``--balance sampler``) make the training loader draw each epoch in proportion to them.
+    """
     loaders = []
     for ds, shuffle in ((train_ds, True), (val_ds, False)):
         sampler = EpochBatchSampler(len(ds), batch_size=cfg.batch_size, shuffle=shuffle, seed=cfg.seed,
-                                    rank=procs.index, world_size=procs.count, even=cfg.even_batches or not shuffle)
+                                    rank=procs.index, world_size=procs.count, even=cfg.even_batches or not shuffle,
+                                    weights=sample_weights if shuffle else None)
         loaders.append(data.make_loader(ds, batch_sampler=sampler, workers=cfg.workers, device=procs.device))
     return loaders[0], loaders[1]
 

@@ -2,7 +2,8 @@
 
 BatchNorm statistics held when the strategy says so, the memory format of the step numerics,
 training on cached features of the frozen prefix when the strategy allows, DDP for several
-processes, the EMA, ``torch.compile``, mixup/cutmix. The model whose weights are kept stays the
+processes, the EMA, ``torch.compile``, mixup/cutmix, and the task's loss (weighted by
+``--balance loss``; the class-balanced sampler of ``--balance sampler`` is the data's). The model whose weights are kept stays the
 plain module: the forward module may be the cached rest, DDP-wrapped or compiled.
 """
 
@@ -19,6 +20,7 @@ from regraft.config import Config
 from regraft.features import CacheSettings, train_with_cache
 from regraft.freezing import apply_bn_policy, hold_bn_statistics
 from regraft.strategies import Decisions, TrainPlan
+from regraft.tasks import Balance
 from regraft.training.checkpoint import WeightEMA
 from regraft.training.loop import Stage
 from regraft.training.numerics import StepNumerics
@@ -46,7 +48,7 @@ def training_stage(
         cached = train_with_cache(
             model, train_dataset=data_setup.train_dataset, val_dataset=data_setup.val_dataset,
             settings=CacheSettings.from_config(cfg), device=procs.device, autocast=numerics.autocast, head=net.head,
-            rank=procs.index, world_size=procs.count, notify=notify,
+            rank=procs.index, world_size=procs.count, notify=notify, sample_weights=_drawn(data_setup),
         )
         if cached is not None:
             forward, train_loader, val_loader = cached
@@ -54,14 +56,27 @@ def training_stage(
     ema = WeightEMA(model, decay=cfg.ema) if cfg.ema else None
     if cfg.compile:
         forward = torch.compile(forward)
-    mix = data.mixup_cutmix(len(data_setup.classes), mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
+    task = data_setup.rules
+    mix = data.mixup_cutmix(len(data_setup.classes), mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, multilabel=task.multilabel)
+    criterion = training_criterion(cfg, data_setup).to(procs.device)
     return Stage(
         name=name, model=forward, weights=model, plan=plan, train_loader=train_loader, val_loader=val_loader,
-        last_epoch=last_epoch, numerics=numerics, seed=cfg.seed,
-        criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), evals_per_epoch=evals_per_epoch,
+        last_epoch=last_epoch, numerics=numerics, seed=cfg.seed, criterion=criterion, evals_per_epoch=evals_per_epoch,
         grad_accum=cfg.grad_accum, clip_grad=cfg.clip_grad, batch_transform=mix, after_train_mode=apply_bn_policy,
-        ema=ema, stop_behind=stop_behind, patience=cfg.patience, checkpoint_extra=dict(checkpoint_extra or {}),
+        ema=ema, stop_behind=stop_behind, patience=cfg.patience, checkpoint_extra=dict(checkpoint_extra or {}), task=task,
     )
+
+
+def training_criterion(cfg: Config, data_setup: DataSetup) -> nn.Module:
+    """The task's training loss: label smoothing, the multi-label loss, and ``--balance loss``'s weights."""
+    return data_setup.rules.criterion(label_smoothing=cfg.label_smoothing, weights=data_setup.loss_weights,
+                                      loss=cfg.multilabel_loss)
+
+
+def _drawn(data_setup: DataSetup) -> list[float] | None:
+    """The sampler's per-image weights under ``--balance sampler`` (None otherwise)."""
+    sampler = data_setup.balance is not None and data_setup.balance.mode is Balance.SAMPLER
+    return data_setup.sample_weights if sampler else None
 
 
 def _wrap(forward: nn.Module, plan: TrainPlan, procs: Processes) -> nn.Module:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Stepper", "Tally", "correct"]
 
+Hits = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+
 
 class Stepper:
     """One batch at a time: forward in the step numerics, the loss, its check, backward, and on
@@ -92,10 +94,14 @@ class Tally:
     and kernel launches would start only then. On CUDA each step's figures are read one step
     late, once the next step is queued behind it; elsewhere at once, before the step is applied
     (``check``), so a non-finite loss never reaches the weights.
+
+    ``hits`` counts a batch's right predictions (the task's; default :func:`correct`); when it
+    returns None (multi-label runs have no training accuracy) the train accuracy is None.
     """
 
-    def __init__(self, *, epoch: int, steps: int, callbacks: Sequence[Any], defer: bool) -> None:
+    def __init__(self, *, epoch: int, steps: int, callbacks: Sequence[Any], defer: bool, hits: Hits | None = None) -> None:
         self.epoch, self.steps, self.callbacks, self.defer = epoch, steps, callbacks, defer
+        self.hits = hits or correct
         self.reset()
         self._pending: tuple[int, torch.Tensor, torch.Tensor, int] | None = None
 
@@ -110,7 +116,7 @@ class Tally:
 
     def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, lr: float) -> None:
         self.lr_sum, self.lr_n = self.lr_sum + lr, self.lr_n + 1
-        item = (step, loss, correct(logits, y), y.shape[0])
+        item = (step, loss, self.hits(logits, y), y.shape[0])
         if not self.defer:
             self._settle(item)
             return
@@ -130,22 +136,27 @@ class Tally:
                 "or train in full precision (--precision fp32); the best weights so far are kept in the run"
             )
 
-    def _settle(self, item: tuple[int, torch.Tensor, torch.Tensor, int]) -> None:
+    def _settle(self, item: tuple[int, torch.Tensor, torch.Tensor | None, int]) -> None:
         step, loss_t, correct_t, n = item
         loss = float(loss_t)
         self._guard(loss, step)
         self.loss_sum += loss * n
-        self.correct += int(correct_t)
+        if correct_t is None:
+            self.correct = None
+        elif self.correct is not None:
+            self.correct += int(correct_t)
         self.seen += n
         for cb in self.callbacks:
             cb.on_step(self.epoch, step + 1, self.steps, loss)
 
-    def totals(self, procs: Processes) -> tuple[float, float, float, float | None, float]:
-        """``(train loss, train acc, images/s, mean lr, seconds)`` since the last reset, over all processes."""
+    def totals(self, procs: Processes) -> tuple[float, float | None, float, float | None, float]:
+        """``(train loss, train acc or None, images/s, mean lr, seconds)`` since the last reset, over all processes."""
         seconds = time.perf_counter() - self.t0
-        t = procs.sum(torch.tensor([self.loss_sum, self.correct, self.seen], dtype=torch.float64, device=procs.device))
+        hits = self.correct if self.correct is not None else 0.0
+        t = procs.sum(torch.tensor([self.loss_sum, hits, self.seen], dtype=torch.float64, device=procs.device))
         loss_sum, correct, seen = (float(v) for v in t)
         lr = self.lr_sum / self.lr_n if self.lr_n else None
-        return loss_sum / max(seen, 1), correct / max(seen, 1), seen / max(seconds, 1e-9), lr, seconds
+        acc = correct / max(seen, 1) if self.correct is not None else None
+        return loss_sum / max(seen, 1), acc, seen / max(seconds, 1e-9), lr, seconds
 
 

@@ -23,12 +23,17 @@ ALPHAS = (0.25, 0.5, 0.75)
 
 @dataclass(frozen=True)
 class Mix:
-    """The chosen ``alpha`` and its validation figures (``alpha`` 0 or 1: an end won)."""
+    """The chosen ``alpha`` and its validation figures (``alpha`` 0 or 1: an end won).
+
+    ``score`` is the task's primary figure (accuracy; mAP for multi-label runs); ``result`` the
+    chosen interior point's whole evaluation (None when an end won).
+    """
 
     alpha: float
-    accuracy: float
+    score: float
     loss: float
-    tried: tuple[tuple[float, float, float], ...]  # (alpha, accuracy, loss) of every point, ends included
+    tried: tuple[tuple[float, float, float], ...]  # (alpha, score, loss) of every point, ends included
+    result: EvalResult | None = None
 
 
 def mix_state(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -47,17 +52,19 @@ def choose_mix(
     alphas: Sequence[float] = ALPHAS,
 ) -> Mix:
     """Evaluate ``model`` at the interior ``alphas`` and pick the best point by the one rule of
-    :func:`~regraft.training.loop.better`; ``ends`` are the measured ``(accuracy, loss)`` of α = 0
-    and α = 1. ``model`` is left holding the chosen weights.
+    :func:`~regraft.training.loop.better`; ``ends`` are the measured ``(primary figure, loss)`` of
+    α = 0 and α = 1. ``model`` is left holding the chosen weights.
     """
     points = [(0.0, *ends[0]), (1.0, *ends[1])]
+    results: dict[float, EvalResult] = {}
     for alpha in alphas:
         model.load_state_dict(mix_state(start, end, alpha))
         result = evaluate(model)
-        points.append((float(alpha), result.accuracy, result.loss))
+        results[float(alpha)] = result
+        points.append((float(alpha), result.score, result.loss))
     best = points[0]
     for point in points[1:]:
         if better(point[1], point[2], best[1], best[2]):
             best = point
     model.load_state_dict(start if best[0] == 0.0 else end if best[0] == 1.0 else mix_state(start, end, best[0]))
-    return Mix(alpha=best[0], accuracy=best[1], loss=best[2], tried=tuple(sorted(points)))
+    return Mix(alpha=best[0], score=best[1], loss=best[2], tried=tuple(sorted(points)), result=results.get(best[0]))

@@ -5,6 +5,8 @@ Example:
     >>> model = rg.create_model("resnet18", weights="none", num_classes=3)
     >>> model.fc.out_features
     3
+    >>> rg.create_model("resnet18", weights="none", num_classes=2, in_chans=1).conv1.in_channels
+    1
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def create_model(
     hidden: tuple[int, ...] = (),
     dropout: float = 0.0,
     min_coverage: float = 0.9,
+    in_chans: int | None = None,
     **load_options: Any,
 ) -> nn.Module:
     """A torchvision/timm model with pretrained weights loaded and a new head for ``num_classes``.
@@ -38,6 +41,9 @@ def create_model(
         num_classes: classes of the new head.
         hidden, dropout: optional hidden layers and dropout in the new head.
         min_coverage: refuse weights that cover less of the trunk than this.
+        in_chans: input channels (None: 3). The pretrained first convolution is adapted (summed
+            for 1 channel, repeated and rescaled for more, as timm does); the load report's
+            ``adapted`` says how (docs/channels.md).
         **load_options: passed to :func:`regraft.weights.load_weights` (``rename``, ``skip``, ...).
 
     Returns:
@@ -48,7 +54,7 @@ def create_model(
     """
     from regraft import surgery
 
-    model = zoo.build(name)
+    model = zoo.build(name, in_chans=in_chans)
     head = surgery.replace_head(model, num_classes, hidden=hidden, dropout=dropout)
     model.regraft_load_report = None
     if weights and weights.lower() != "none":

@@ -13,6 +13,7 @@ import torch
 
 from regraft import zoo
 from regraft.config import Config
+from regraft.data.pixels import PixelFormat
 from regraft.runs import RunDir
 
 __all__ = ["CARD_FORMAT", "model_card", "environment_info", "write_run_start", "announce"]
@@ -27,6 +28,9 @@ def model_card(
     """``model.json``: what a run's weights are, enough to rebuild and preprocess without the config."""
     pre = data_config.to_dict()
     pre["resize"] = int(math.floor(data_config.input_size[-1] / data_config.crop_pct))
+    # how images are read: eval, predict and every export read them the same way (docs/channels.md)
+    pre["channels"] = int(data_config.input_size[0])
+    pre["mode"] = PixelFormat(pre["channels"], data_config.bit_depth).mode
     return {
         "format": CARD_FORMAT,
         "architecture": {

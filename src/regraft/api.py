@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ __all__ = ["create_model", "fit"]
 def create_model(
     name: str,
     *,
-    weights: str = "DEFAULT",
+    weights: str | Path | Mapping[str, Any] | nn.Module = "DEFAULT",
     num_classes: int,
     hidden: tuple[int, ...] = (),
     dropout: float = 0.0,
@@ -37,7 +38,7 @@ def create_model(
 
     Args:
         name: model name (``resnet18``, ``timm:convnext_tiny``, ...).
-        weights: any weights spec (see ``docs/weights.md``); ``none`` for random init.
+        weights: any weights spec (see ``docs/weights.md``), a state dict or a module; ``none`` for random init.
         num_classes: classes of the new head.
         hidden, dropout: optional hidden layers and dropout in the new head.
         min_coverage: refuse weights that cover less of the trunk than this.
@@ -57,7 +58,7 @@ def create_model(
     model = zoo.build(name, in_chans=in_chans)
     head = surgery.replace_head(model, num_classes, hidden=hidden, dropout=dropout)
     model.regraft_load_report = None
-    if weights and weights.lower() != "none":
+    if not (isinstance(weights, str) and weights.lower() in ("", "none")):
         from regraft.weights import check_coverage, load_weights
 
         report = load_weights(model, weights, head=head, **load_options)

@@ -290,7 +290,8 @@ def npy_shape(data: bytes) -> tuple[tuple[int, ...], np.dtype]:
     try:
         fh = io.BytesIO(data)
         version = np.lib.format.read_magic(fh)
-        shape, _, dtype = np.lib.format._read_array_header(fh, version)  # the header alone
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)  # the header alone
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError and others on bad headers
         raise PixelError("corrupt", f"corrupt .npy header ({exc})") from None
     return tuple(int(s) for s in shape), np.dtype(dtype)

@@ -42,7 +42,7 @@ from regraft.errors import ConfigError
 __all__ = [
     "PixelFormat", "RGB8", "PixelError", "to_rgb", "conform_image", "conform_array", "read_npy", "npy_shape",
     "read_tiff", "is_npy", "is_tiff", "pillow_faithful", "image_bands", "mode_depth", "array_bands", "describe_array",
-    "wide_to_depth", "MAX_CHANNELS",
+    "wide_to_depth", "tiff_shape", "MAX_CHANNELS",
 ]
 
 MAX_CHANNELS = 256
@@ -339,6 +339,26 @@ def read_tiff(data: bytes, *, why: str) -> np.ndarray:
     while arr.ndim > 3:  # a stack of multi-band images: the first, as Pillow takes the first page
         arr = arr[0]
     return arr
+
+
+def tiff_shape(data: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` of the array :func:`read_tiff` would return, from the TIFF's tags only.
+
+    Raises:
+        PixelError: as :func:`read_tiff`.
+    """
+    try:
+        import tifffile
+    except ImportError:
+        raise PixelError("unsupported", "a TIFF which Pillow cannot read as stored; install tifffile (pip install tifffile) "
+                                        "to read it") from None
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(int(v) for v in series.shape), np.dtype(series.dtype)
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many types on malformed files
+        raise PixelError("corrupt", f"corrupt TIFF ({' '.join(str(exc).split())[:120]})") from None
+    return shape[-3:], dtype
 
 
 def describe_array(shape: tuple[int, ...], dtype: Any) -> str:

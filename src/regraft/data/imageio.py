@@ -138,18 +138,15 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             fh.seek(0)
             with Image.open(fh) as img:
                 if img.format == "TIFF" and not px.pillow_faithful(img):
-                    fh.seek(0)
-                    return _tiff_info(path, fh.read())
+                    return _tiff_info(path, read_image_bytes(path))
                 return SourceInfo(img.width, img.height, img.mode, img.format or "?", px.mode_depth(img.mode), px.image_bands(img))
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(path, "too-large", f"image too large to decode safely ({_short(exc)})") from None
     except UnidentifiedImageError:
-        with contextlib.suppress(OSError):
-            data = read_image_bytes(path)
-            if px.is_tiff(data):
-                return _tiff_info(path, data)
+        if px.is_tiff(head):  # a TIFF Pillow cannot open at all (e.g. 4 bands of 8 bits): its tags tell
+            return _tiff_info(path, read_image_bytes(path))
         raise ImageDecodeError(path, "not-image", "not an image (or a format Pillow cannot read)") from None
     except OSError as exc:
         raise ImageDecodeError(path, "unreadable", f"cannot read the file ({_short(exc)})") from None

@@ -107,10 +107,12 @@ RGB8 = PixelFormat()
 
 
 def is_npy(data: bytes) -> bool:
+    """Whether ``data`` starts like a ``.npy`` file (its magic string)."""
     return data[:6] == b"\x93NUMPY"
 
 
 def is_tiff(data: bytes) -> bool:
+    """Whether ``data`` starts like a TIFF (classic or BigTIFF, either byte order)."""
     return data[:4] in _TIFF_MAGIC
 
 
@@ -170,7 +172,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif img.mode in WIDE_MODES:
-        img = Image.fromarray(wide_to_depth(np.asarray(img), img.mode, 8), "L")
+        img = Image.fromarray(wide_to_depth(np.asarray(img), img.mode, 8))  # uint8 (H, W): L
     elif img.mode in ("RGBa", "La"):
         img = img.convert("RGBA")
     if img.mode in _TRANSPARENT_MODES:
@@ -259,26 +261,19 @@ def conform_array(arr: np.ndarray, fmt: PixelFormat) -> list[Image.Image]:
                                      f"model's {fmt.channels} channels; {_FIX}")
     hwc = arr[..., None] if arr.ndim == 2 else (arr if arr.shape[-1] == bands else np.moveaxis(arr, 0, -1))
     hwc = hwc.astype(hwc.dtype.newbyteorder("="), copy=False)
-    if hwc.dtype == np.uint8 and fmt.depth == 16:
-        hwc = hwc.astype(np.uint16) * 257
-    elif hwc.dtype == np.uint16 and fmt.depth == 8:
-        hwc = np.rint(hwc / 257.0).astype(np.uint8)
     if hwc.shape[-1] == 1 and fmt.channels == 3:
         hwc = np.repeat(hwc, 3, axis=-1)
     return _planes(hwc, fmt)
 
 
 def _planes(hwc: np.ndarray, fmt: PixelFormat) -> list[Image.Image]:
-    hwc = hwc.astype(fmt.dtype, copy=False) if hwc.dtype == fmt.dtype else _depth(hwc, fmt.depth)
+    """``(H, W, C)`` uint8/uint16 values as ``fmt``'s planes, at its depth: 8 bits times 257
+    (exact), 16 bits divided by 257 and rounded."""
+    if hwc.dtype != fmt.dtype:
+        hwc = hwc.astype(np.uint16) * 257 if fmt.depth == 16 else np.rint(hwc / 257.0).astype(np.uint8)
     if fmt == RGB8:
-        return [Image.fromarray(np.ascontiguousarray(hwc), "RGB")]
-    return [Image.fromarray(np.ascontiguousarray(hwc[..., i])) for i in range(hwc.shape[-1])]
-
-
-def _depth(hwc: np.ndarray, depth: int) -> np.ndarray:
-    if depth == 16:
-        return hwc.astype(np.uint16) * 257
-    return np.rint(hwc / 257.0).astype(np.uint8)
+        return [Image.fromarray(np.ascontiguousarray(hwc))]  # uint8 (H, W, 3): RGB
+    return [Image.fromarray(np.ascontiguousarray(hwc[..., i])) for i in range(hwc.shape[-1])]  # L or I;16
 
 
 def npy_shape(data: bytes) -> tuple[tuple[int, ...], np.dtype]:

@@ -105,11 +105,11 @@ def tiny_resnet() -> nn.Module:
 def make_run_folder(
     path: Path, *, model: str = "timm:test_resnet", classes: list[str] | tuple[str, ...] = ("blue", "green", "red"),
     size: int = 32, interpolation: str = "bicubic", head_hidden: tuple[int, ...] = (), head_dropout: float = 0.0,
-    surgery: list | None = None, ema: bool = False, seed: int = 0,
+    surgery: list | None = None, ema: bool = False, seed: int = 0, in_chans: int = 3, bit_depth: int = 8,
 ) -> Path:
     """A finished-looking run: model.json and model.safetensors (and model_ema.safetensors with
     ``ema``) of a zoo model with a grafted head, no training. The head's weights are scaled up so
-    that top-1 is never a near tie."""
+    that top-1 is never a near tie. ``in_chans``/``bit_depth``: images of that many channels and bits."""
     from regraft import surgery as rsurgery
     from regraft import zoo
     from regraft.config import Config
@@ -118,9 +118,11 @@ def make_run_folder(
 
     torch.manual_seed(seed)
     ref = zoo.resolve(model)
-    net = zoo.build(ref)
+    net = zoo.build(ref, in_chans=in_chans if in_chans != 3 else None)
     head = rsurgery.replace_head(net, len(classes), hidden=head_hidden, dropout=head_dropout)
-    dcfg = zoo.DataConfig(input_size=(3, size, size), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), interpolation=interpolation, crop_pct=0.875)
+    mean, std = ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)) if in_chans == 3 else ((0.5,) * in_chans, (0.25,) * in_chans)
+    dcfg = zoo.DataConfig(input_size=(in_chans, size, size), mean=mean, std=std, interpolation=interpolation, crop_pct=0.875,
+                          bit_depth=bit_depth)
     if surgery:
         rsurgery.apply(net, surgery, input_size=dcfg.input_size)
         head = rsurgery.find_head(net)

@@ -107,3 +107,47 @@ def make_multilabel_data(
             lines.append(f"{rel},{sep.join(labels)}")
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def band_image(label: int, *, channels: int, depth: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """An ``(size, size, channels)`` uint8/uint16 array whose class shows only in its last band
+    (mean 30% or 70% of full scale); the other bands are the same noise for every class."""
+    top = 255 if depth == 8 else 65535
+    arr = rng.normal(0.5, 0.12, size=(size, size, channels))
+    arr[..., -1] = rng.normal(0.3 + 0.4 * label, 0.08, size=(size, size))
+    x, y = rng.integers(0, size // 2, size=2)
+    arr[y : y + size // 4, x : x + size // 4, :-1] = rng.random(max(channels - 1, 0))  # a patch in the other bands
+    return np.clip(np.rint(arr * top), 0, top).astype(np.uint8 if depth == 8 else np.uint16)
+
+
+def save_bands(arr: np.ndarray, path: Path) -> Path:
+    """Write an ``(H, W, C)`` array as ``path``'s format: PNG (L, I;16, LA, RGB, RGBA), TIFF
+    (tifffile, contiguous bands) or ``.npy``."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        np.save(path, arr)
+    elif path.suffix in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(path, arr, photometric="minisblack", planarconfig="contig")
+    else:
+        mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[arr.shape[-1]]
+        image = Image.fromarray(arr[..., 0]) if arr.shape[-1] == 1 else Image.fromarray(arr, mode)
+        image.save(path)
+    return path
+
+
+def make_band_folder(
+    root: Path, *, channels: int, depth: int = 8, ext: str = ".png", classes=("dim", "bright"), per_class: int = 12,
+    size: int = 32, val_per_class: int | None = None, seed: int = 0,
+) -> Path:
+    """``root/{train,val}/<class>/*`` of :func:`band_image` images (class ``i`` of two: the last
+    band's level), saved as ``ext``."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("val", val_per_class or max(per_class // 2, 2))):
+        for label, cls in enumerate(classes):
+            d = Path(root) / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                save_bands(band_image(label, channels=channels, depth=depth, size=size, rng=rng), d / f"{cls}_{i:03d}{ext}")
+    return Path(root)

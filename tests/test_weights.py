@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -445,7 +446,7 @@ def test_other_shape_differences_are_mismatched_never_silently_dropped(source):
     assert_loaded(model, source, keys=["conv1.weight", "bn2.running_mean", "conv2.bias"])
 
 
-@pytest.mark.parametrize("channels", [1, 4, 6])
+@pytest.mark.parametrize("channels", [1, 2, 4, 6])
 def test_first_conv_adapted_to_other_channel_counts(source, channels):
     model = Tiny(in_chans=channels)
     report = load_weights(model, source, head="fc")
@@ -457,7 +458,9 @@ def test_first_conv_adapted_to_other_channel_counts(source, channels):
     else:
         expected = torch.cat([w, w], 1)[:, :channels] * (3 / channels)
         torch.testing.assert_close(got, expected)
-        assert "repeated and scaled by 3/" in report.adapted["conv1.weight"]
+        assert f"filter of channel i mod 3, all scaled by 3/{channels}" in report.adapted["conv1.weight"]
+    # timm's own rule, bit for bit
+    torch.testing.assert_close(got, timm.models.adapt_input_conv(channels, w.clone()), rtol=0, atol=0)
     assert report.coverage == 1.0
     # an image whose channels all carry the same signal gives the pretrained response (1 and 6)
     if channels in (1, 6):

@@ -5,10 +5,13 @@ Example:
     >>> model = rg.create_model("resnet18", weights="none", num_classes=3)
     >>> model.fc.out_features
     3
+    >>> rg.create_model("resnet18", weights="none", num_classes=2, in_chans=1).conv1.in_channels
+    1
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +26,25 @@ __all__ = ["create_model", "fit"]
 def create_model(
     name: str,
     *,
-    weights: str = "DEFAULT",
+    weights: str | Path | Mapping[str, Any] | nn.Module = "DEFAULT",
     num_classes: int,
     hidden: tuple[int, ...] = (),
     dropout: float = 0.0,
     min_coverage: float = 0.9,
+    in_chans: int | None = None,
     **load_options: Any,
 ) -> nn.Module:
     """A torchvision/timm model with pretrained weights loaded and a new head for ``num_classes``.
 
     Args:
         name: model name (``resnet18``, ``timm:convnext_tiny``, ...).
-        weights: any weights spec (see ``docs/weights.md``); ``none`` for random init.
+        weights: any weights spec (see ``docs/weights.md``), a state dict or a module; ``none`` for random init.
         num_classes: classes of the new head.
         hidden, dropout: optional hidden layers and dropout in the new head.
         min_coverage: refuse weights that cover less of the trunk than this.
+        in_chans: input channels (None: 3). The pretrained first convolution is adapted (summed
+            for 1 channel, repeated and rescaled for more, as timm does); the load report's
+            ``adapted`` says how (docs/channels.md).
         **load_options: passed to :func:`regraft.weights.load_weights` (``rename``, ``skip``, ...).
 
     Returns:
@@ -48,10 +55,10 @@ def create_model(
     """
     from regraft import surgery
 
-    model = zoo.build(name)
+    model = zoo.build(name, in_chans=in_chans)
     head = surgery.replace_head(model, num_classes, hidden=hidden, dropout=dropout)
     model.regraft_load_report = None
-    if weights and weights.lower() != "none":
+    if not (isinstance(weights, str) and weights.lower() in ("", "none")):
         from regraft.weights import check_coverage, load_weights
 
         report = load_weights(model, weights, head=head, **load_options)

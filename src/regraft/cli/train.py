@@ -38,6 +38,7 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--strategy", "strategy", dict(metavar="S", help="auto | scratch | head | partial | full | lp-ft | gradual (default auto)")),
     ("--epochs", "epochs", dict(type=int, metavar="N", help="training epochs (default 5)")),
     ("--img-size", "img_size", dict(type=int, metavar="N", help="input size; default from the pretrained config")),
+    ("--in-chans", "in_chans", dict(type=int, metavar="N", help="input channels: 1 for grayscale, N for multi-band images (.npy, TIFF); the first conv is adapted (default: 8-bit RGB)")),
     ("--batch-size", "batch_size", dict(type=int, metavar="N", help="batch size per process (default 32)")),
     ("--lr", "lr", dict(type=float, metavar="LR", help="base learning rate; default depends on the strategy")),
     ("--optimizer", "optimizer", dict(metavar="NAME", help="adamw | sgd (default adamw)")),

@@ -86,7 +86,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": _at_least(1), "batch_size": _at_least(1), "grad_accum": _at_least(1),
     "feature_views": _at_least(1), "partial_stages": _at_least(1), "step_size": _at_least(1),
     "patience": _at_least(1), "workers": _at_least(0),
-    "img_size": _at_least(8), "seed": _between(0, 2**32 - 1),
+    "img_size": _at_least(8), "seed": _between(0, 2**32 - 1), "in_chans": _between(1, 256),
     "val_fraction": ((lambda v: 0.0 < v < 1.0), "between 0 and 1"),
     "min_coverage": ((lambda v: 0.0 <= v <= 1.0), "between 0 and 1"),
     "lr": _POSITIVE, "probe_l2": _POSITIVE, "time_budget": _POSITIVE, "head_lr_mult": _POSITIVE, "gamma": _POSITIVE,
@@ -118,6 +118,7 @@ class Config:
     balance: str = "auto"  # auto | none | loss (class-weighted loss) | sampler (class-balanced sampler)
     val_fraction: float = 0.2  # used when DATA has no val/valid/test split
     img_size: int | None = None  # overrides the pretrained config's input size
+    in_chans: int | None = None  # input channels: 1 grayscale, N bands (None = 8-bit RGB, as the weights); docs/channels.md
     augment: str = "light"  # none | light | strong
     mixup: float = 0.0  # mixup alpha (0 = off)
     cutmix: float = 0.0  # cutmix alpha (0 = off)
@@ -271,6 +272,11 @@ class Config:
         if bad_lr:
             name, value = next(iter(bad_lr.items()))
             raise ConfigError(f"{source}: lr_groups['{name}'] must be a positive learning rate; got {value}")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is not None and self.in_chans is not None and len(values) != self.in_chans:
+                raise ConfigError(f"{source}: {key} must list one number per input channel: in_chans is {self.in_chans}, "
+                                  f"got {len(values)} values")
         unknown = [t for t in self.log if t not in TRACKERS]
         if unknown:
             raise ConfigError(f"{source}: log must list trackers among {', '.join(TRACKERS)}; got {unknown[0]!r}")

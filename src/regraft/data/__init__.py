@@ -1,5 +1,5 @@
-"""Data: discovery, CSVs and splits, robust decoding, transforms, the decode cache, loaders, scan,
-perceptual hashes and the fix loop's CSV.
+"""Data: discovery, CSVs and splits, robust decoding in any channel count, transforms, the decode
+cache, loaders, scan, perceptual hashes and the fix loop's CSV.
 
 Typical use in a training pipeline::
 
@@ -24,7 +24,8 @@ from typing import Any
 
 __all__ = [
     "Sample", "DataSplits", "discover", "split_stratified", "IMAGE_EXTENSIONS", "list_images", "expand_paths",
-    "ImageDecodeError", "ResizeSpec", "load_image", "decode_image", "decode_resized", "probe_image",
+    "ImageDecodeError", "ResizeSpec", "load_image", "load_pixels", "decode_image", "decode_resized", "probe_image",
+    "probe_source", "PixelFormat", "input_config", "detect_pixels", "channel_stats",
     "ImageTransform", "build_transforms", "mixup_cutmix", "AUGMENTS",
     "DecodeCache", "CachedImages", "parse_bytes", "default_cache_dir",
     "ImageDataset", "SkipLog", "read_skip_log", "check_readable", "sample_batch",
@@ -37,7 +38,10 @@ _WHERE = {
     "discovery": ("discover",),
     "splits": ("Sample", "DataSplits", "split_stratified"),
     "files": ("IMAGE_EXTENSIONS", "list_images", "expand_paths"),
-    "imageio": ("ImageDecodeError", "ResizeSpec", "load_image", "decode_image", "decode_resized", "probe_image"),
+    "imageio": ("ImageDecodeError", "ResizeSpec", "load_image", "load_pixels", "decode_image", "decode_resized", "probe_image",
+                "probe_source"),
+    "pixels": ("PixelFormat",),
+    "inputs": ("input_config", "detect_pixels", "channel_stats"),
     "transforms": ("ImageTransform", "build_transforms", "mixup_cutmix", "AUGMENTS"),
     "cache": ("DecodeCache", "CachedImages", "parse_bytes", "default_cache_dir"),
     "dataset": ("ImageDataset", "SkipLog", "read_skip_log", "check_readable", "sample_batch"),

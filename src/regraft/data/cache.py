@@ -1,4 +1,4 @@
-"""Decode each image once per run: resized uint8 pixels in RAM, spilling to files on disk.
+"""Decode each image once per run: resized pixels in RAM, spilling to files on disk.
 
 :meth:`DecodeCache.fill` decodes a list of files once (threads: Pillow releases the GIL while
 decoding and resizing) to the transform's resize stage, so later epochs only crop, flip and
@@ -15,6 +15,10 @@ normalise. Pixels go
   than memory-mapping each file (header parsing and page faults per image). Later runs with
   the same size reuse the files without decoding; they are written atomically, so parallel
   runs can share the folder.
+
+Pixels are stored in the run's format (:class:`~regraft.data.pixels.PixelFormat`, part of the
+resize spec): ``(H, W, C)`` uint8, or uint16 for 16-bit runs, so 16-bit images reach the
+normalisation with all their bits (twice the bytes of 8 bits, half those of float32).
 
 One cache (one budget) serves the train and the validation set. Files that fail to decode are
 reported in :attr:`CachedImages.failed` rather than raised. Under ``torchrun`` each process
@@ -45,6 +49,7 @@ import torch
 from regraft.config import parse_bytes  # the one parser: Config.validate checks cache_ram with it
 from regraft.data._system import available_memory, cpu_count
 from regraft.data.imageio import ImageDecodeError, ResizeSpec, decode_resized, read_image_bytes
+from regraft.data.pixels import RGB8, PixelFormat
 
 __all__ = ["DecodeCache", "CachedImages", "parse_bytes", "default_cache_dir", "available_memory"]
 
@@ -63,13 +68,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "regraft"
 
 
-def _read_npy_tail(path: str, shape: tuple[int, int, int]) -> np.ndarray:
-    """The uint8 pixels of a ``.npy`` file whose shape is known: one read of its last bytes.
+def _read_npy_tail(path: str, shape: tuple[int, int, int], dtype: np.dtype = np.dtype(np.uint8)) -> np.ndarray:
+    """The pixels of a ``.npy`` file whose shape and dtype are known: one read of its last bytes.
 
     Measured against ``np.load(mmap_mode=...)`` per image: parsing the header and faulting in a
     fresh mapping cost several times more than reading the ~250 kB the crop needs anyway.
     """
-    out = np.empty(shape, dtype=np.uint8)
+    out = np.empty(shape, dtype=dtype)
     with open(path, "rb") as fh:
         fh.seek(-out.nbytes, os.SEEK_END)
         if fh.readinto(memoryview(out).cast("B")) != out.nbytes:
@@ -80,8 +85,12 @@ def _read_npy_tail(path: str, shape: tuple[int, int, int]) -> np.ndarray:
 class CachedImages:
     """The decoded pixels of one list of files (from :meth:`DecodeCache.fill`), by index."""
 
-    def __init__(self, blocks: list[torch.Tensor], table: np.ndarray, disk: dict[int, str], failed: dict[int, ImageDecodeError]) -> None:
+    def __init__(
+        self, blocks: list[torch.Tensor], table: np.ndarray, disk: dict[int, str], failed: dict[int, ImageDecodeError],
+        pixels: PixelFormat = RGB8,
+    ) -> None:
         self.blocks = blocks
+        self.pixels = pixels  # the channels and dtype of every item
         self.table = table  # (n, 5) int64: where (none/ram/disk), block, offset, height, width
         self.disk = disk
         self.failed = failed
@@ -89,14 +98,18 @@ class CachedImages:
     def __len__(self) -> int:
         return len(self.table)
 
-    def get(self, index: int) -> torch.Tensor | None:
-        """``(H, W, 3)`` uint8 pixels of item ``index``, or None when it is not cached."""
+    def get(self, index: int) -> torch.Tensor | np.ndarray | None:
+        """``(H, W, C)`` pixels of item ``index`` (uint8 as a tensor; uint16 as an array, torch
+        having no uint16 arithmetic), or None when it is not cached."""
         where, block, offset, h, w = (int(v) for v in self.table[index])
+        c, dtype = self.pixels.channels, self.pixels.dtype
         if where == _RAM:
-            return self.blocks[block][offset : offset + h * w * 3].view(h, w, 3)
+            raw = self.blocks[block][offset : offset + h * w * c * dtype.itemsize]
+            return raw.view(h, w, c) if dtype == np.uint8 else raw.numpy().view(dtype).reshape(h, w, c)
         if where == _DISK:
             try:
-                return torch.from_numpy(_read_npy_tail(self.disk[index], (h, w, 3)))
+                pixels = _read_npy_tail(self.disk[index], (h, w, c), dtype)
+                return torch.from_numpy(pixels) if dtype == np.uint8 else pixels
             except (OSError, ValueError) as exc:  # deleted or damaged under us: decode instead
                 log.warning("decode cache file %s unreadable (%s); decoding the image instead", self.disk[index], exc)
         return None
@@ -106,7 +119,7 @@ class CachedImages:
         idx = list(indices)
         disk = {new: self.disk[old] for new, old in enumerate(idx) if old in self.disk}
         failed = {new: self.failed[old] for new, old in enumerate(idx) if old in self.failed}
-        return CachedImages(self.blocks, self.table[idx].copy(), disk, failed)
+        return CachedImages(self.blocks, self.table[idx].copy(), disk, failed, self.pixels)
 
     @property
     def ram_bytes(self) -> int:
@@ -156,9 +169,9 @@ class DecodeCache:
         total = parse_bytes(ram) if ram is not None else available_memory() // 4
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         cache = cls(ram_bytes=total // local, cache_dir=cache_dir, threads=threads)
-        _, h, w = data_config.input_size
+        c, h, w = data_config.input_size
         side = int(min(h, w) / data_config.crop_pct)
-        per_image = 3 * side * side * 4 // 3  # a 4:3 photo at the resize stage
+        per_image = c * (2 if getattr(data_config, "bit_depth", 8) == 16 else 1) * side * side * 4 // 3  # a 4:3 photo at the resize stage
         log.info("decode cache: %.0f MB of RAM per process, about %d images at %d px", cache.ram_budget / 2**20, cache.ram_budget // per_image, side)
         return cache
 
@@ -182,7 +195,7 @@ class DecodeCache:
         if memo_key in self._filled:
             return self._filled[memo_key]
         t0 = time.perf_counter()
-        placer = _Placer(self, len(paths))
+        placer = _Placer(self, len(paths), resize.pixels)
         writes = []
         with ThreadPoolExecutor(self.threads, thread_name_prefix="regraft-decode") as pool:
             for i, loaded in enumerate(_in_order(pool, lambda p: self._load(p, resize), paths, 4 * self.threads)):
@@ -214,7 +227,10 @@ class DecodeCache:
         entry = self.folder(resize) / key[:2] / f"{key}.npy"
         if entry.is_file():
             try:
-                return _Loaded(pixels=np.load(entry, mmap_mode="r"), entry=str(entry), reused=True)
+                stored = np.load(entry, mmap_mode="r")
+                fmt = resize.pixels
+                if stored.dtype == fmt.dtype and stored.ndim == 3 and stored.shape[-1] == fmt.channels:
+                    return _Loaded(pixels=stored, entry=str(entry), reused=True)
             except (OSError, ValueError):
                 pass  # damaged entry: decode again and overwrite it
         try:
@@ -249,8 +265,9 @@ class _Loaded:
 class _Placer:
     """Puts loaded images in RAM blocks while the budget lasts, else on disk (main thread only)."""
 
-    def __init__(self, cache: DecodeCache, n: int) -> None:
+    def __init__(self, cache: DecodeCache, n: int, pixels: PixelFormat) -> None:
         self.cache = cache
+        self.pixels = pixels
         self.table = np.zeros((n, 5), dtype=np.int64)
         self.blocks: list[torch.Tensor] = []
         self.used = 0  # bytes used in the last block
@@ -271,7 +288,7 @@ class _Placer:
         slot = self._ram_slot(pixels.nbytes)
         if slot is not None:
             block, offset = slot
-            self.blocks[block][offset : offset + pixels.nbytes].numpy()[:] = pixels.reshape(-1)
+            self.blocks[block][offset : offset + pixels.nbytes].numpy()[:] = np.ascontiguousarray(pixels).reshape(-1).view(np.uint8)
             self.table[i] = (_RAM, block, offset, h, w)
             self.counts["ram"] += 1
             return None
@@ -313,7 +330,7 @@ class _Placer:
 
     def finish(self) -> CachedImages:
         self._trim_last()
-        return CachedImages(self.blocks, self.table, self.disk, self.failed)
+        return CachedImages(self.blocks, self.table, self.disk, self.failed, self.pixels)
 
 
 def _in_order(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, window: int):

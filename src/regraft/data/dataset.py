@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from torch.utils.data import Dataset
 
 from regraft.data._system import cpu_count
 from regraft.data.cache import CachedImages, DecodeCache
-from regraft.data.imageio import ImageDecodeError, load_image, probe_image
+from regraft.data.imageio import ImageDecodeError, load_image, load_pixels, probe_image
+from regraft.data.pixels import RGB8, PixelFormat
 from regraft.data.splits import DataSplits, Sample
 from regraft.data.transforms import ImageTransform
 from regraft.data.views import read_eval_pixels
@@ -99,7 +101,7 @@ def read_skip_log(path: str | os.PathLike) -> list[str]:
 
 
 class ImageDataset(Dataset):
-    """``(image tensor (3, H, W), label)`` pairs from samples, robust to unreadable files.
+    """``(image tensor (C, H, W), label)`` pairs from samples, robust to unreadable files.
 
     Args:
         samples: ``(path, label)`` pairs (``DataSplits.train`` / ``.val``).
@@ -187,7 +189,8 @@ class ImageDataset(Dataset):
         return _seeded(seed, self.transform, pixels), self.target(index)
 
     def raw(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | None:
-        """Like indexing, but the image is the uint8 crop before normalisation (or None: dropped)."""
+        """Like indexing, but the image is the crop before normalisation: uint8 (16-bit images: int32
+        holding 0-65535), or None when dropped."""
         if not isinstance(self.transform, ImageTransform):
             raise TypeError("raw() needs a transform made by build_transforms()")
         found = self._first_readable(key)
@@ -259,12 +262,15 @@ def _seeded(seed: int | None, fn: Callable[[Any], torch.Tensor], arg: Any) -> to
         torch.set_rng_state(state)
 
 
-def check_readable(splits: DataSplits, *, full: bool = False, threads: int | None = None) -> list[str]:
+def check_readable(
+    splits: DataSplits, *, full: bool = False, threads: int | None = None, pixels: PixelFormat = RGB8,
+) -> list[str]:
     """Check before training that every class has a readable training image.
 
     Reads every file's header (cheap: finds missing, empty and non-image files); then, per
     class, decodes training images in order until one succeeds. ``full=True`` decodes every
     file (finds all truncated and corrupt files, at the cost of one pass over the data).
+    Files are decoded in ``pixels``' format (channels and bits), as training will read them.
 
     Returns:
         The paths found unreadable (sorted); training skips them.
@@ -273,7 +279,7 @@ def check_readable(splits: DataSplits, *, full: bool = False, threads: int | Non
         DataError: a class has no readable training image (names the class and a file).
     """
     samples = splits.train + splits.val
-    check = _decode_error if full else _probe_error
+    check = partial(_decode_error, pixels=pixels) if full else _probe_error
     with ThreadPoolExecutor(max(1, threads or min(8, cpu_count()))) as pool:
         errors = dict(zip((s.path for s in samples), pool.map(check, (s.path for s in samples)), strict=True))
     bad = {p: e for p, e in errors.items() if e is not None}
@@ -281,7 +287,7 @@ def check_readable(splits: DataSplits, *, full: bool = False, threads: int | Non
         paths = [s.path for s in splits.train if _has(s, label)]
         if not paths:
             raise DataError(f"class '{name}' has no training images: add images or remove the class")
-        if any(_confirm(p, bad, full) for p in paths):
+        if any(_confirm(p, bad, full, pixels) for p in paths):
             continue
         first = bad[paths[0]]
         raise DataError(
@@ -291,13 +297,13 @@ def check_readable(splits: DataSplits, *, full: bool = False, threads: int | Non
     return sorted(bad)
 
 
-def _confirm(path: str, bad: dict[str, ImageDecodeError], full: bool) -> bool:
+def _confirm(path: str, bad: dict[str, ImageDecodeError], full: bool, pixels: PixelFormat) -> bool:
     """True when ``path`` decodes (recording it in ``bad`` when it does not)."""
     if path in bad:
         return False
     if full:
         return True
-    error = _decode_error(path)
+    error = _decode_error(path, pixels=pixels)
     if error is not None:
         bad[path] = error
     return error is None
@@ -311,9 +317,9 @@ def _probe_error(path: str) -> ImageDecodeError | None:
     return None
 
 
-def _decode_error(path: str) -> ImageDecodeError | None:
+def _decode_error(path: str, *, pixels: PixelFormat = RGB8) -> ImageDecodeError | None:
     try:
-        load_image(path)
+        load_pixels(path, pixels)
     except ImageDecodeError as exc:
         return exc
     return None
@@ -323,8 +329,8 @@ def sample_batch(dataset: ImageDataset, *, n: int = 16, seed: int = 0) -> tuple[
     """``n`` random training images as the model sees them (augmented), before normalisation.
 
     Returns:
-        ``(images, labels)``: ``(H, W, 3)`` uint8 arrays and their class indices (multi-label:
-        tuples of label indices), for drawing ``samples.png``.
+        ``(images, labels)``: ``(H, W, C)`` uint8 (16-bit images: int32) arrays and their class
+        indices (multi-label: tuples of label indices), for drawing ``samples.png``.
     """
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     images: list[np.ndarray] = []

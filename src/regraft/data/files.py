@@ -24,7 +24,8 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm",
+     ".npy"}
 )
 VAL_DIR_NAMES = ("val", "valid", "test")
 _SKIP_DIRS = frozenset({"__MACOSX"})

@@ -110,9 +110,9 @@ class _NormalizeCollate:
     def __call__(self, batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         kept = [b for b in batch if b is not None]
         labels = _labels([b[1] for b in kept])
-        shape = (len(kept), 3, *self.transform.size)
-        if torch.utils.data.get_worker_info() is not None:
-            out = _new_shared(shape, torch.uint8)
+        shape = (len(kept), self.transform.pixels.channels, *self.transform.size)
+        if torch.utils.data.get_worker_info() is not None:  # crops: uint8, or int32 for 16-bit images
+            out = _new_shared(shape, kept[0][0].dtype if kept else torch.uint8)
             for i, (x, _) in enumerate(kept):
                 out[i].copy_(x)
             return out, labels
@@ -123,7 +123,7 @@ class _NormalizeCollate:
 
 
 class _ImageLoader(DataLoader):
-    """A DataLoader whose workers send uint8 batches, normalised here (on ``device`` if given)."""
+    """A DataLoader whose workers send uint8 (16-bit: int32) batches, normalised here (on ``device`` if given)."""
 
     def __init__(self, *args: Any, transform: ImageTransform, device: torch.device | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -136,7 +136,7 @@ class _ImageLoader(DataLoader):
         return (self._finish(x, y) for x, y in batches)
 
     def _finish(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.dtype != torch.uint8:
+        if x.is_floating_point():  # normalised already (the collate ran in this process)
             return x, y
         if self.device is not None and self.device.type != "cpu":
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -205,7 +205,7 @@ def make_loader(
             there; decides ``pin_memory``.
 
     Returns:
-        A ``DataLoader`` yielding ``(images float (B, 3, H, W), labels long (B,))`` (multi-label:
+        A ``DataLoader`` yielding ``(images float (B, C, H, W), labels long (B,))`` (multi-label:
         ``labels float (B, L)``, multi-hot); its
         ``batch_sampler.set_epoch(e)`` selects the epoch.
     """

@@ -28,9 +28,9 @@ from regraft.data._layouts import find_splits
 from regraft.data._system import cpu_count
 from regraft.data.imageio import (
     ImageDecodeError,
-    _open,
-    _open_loaded,
     decode_image,
+    header_info,
+    inspect_bytes,
     read_image_bytes,
 )
 from regraft.data.phash import Fingerprint, fingerprint
@@ -200,9 +200,8 @@ def _inspect(path: str) -> _FileInfo:
     try:
         data = read_image_bytes(path)
         info.digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-        header = _open(data, name=path)
-        info.width, info.height, info.mode, info.format = header.width, header.height, header.mode, header.format or "?"
-        _open_loaded(data, name=path, draft=(64, 64))  # decodes every byte, at 1/8 scale for JPEGs
+        header = inspect_bytes(data, name=path)  # decodes every byte, at 1/8 scale for JPEGs
+        info.width, info.height, info.mode, info.format = header.width, header.height, header.mode, header.format
     except ImageDecodeError as exc:
         info.error = exc
     return info
@@ -215,8 +214,8 @@ def _inspect_with_fingerprint(path: str) -> _FileInfo:
     try:
         data = read_image_bytes(path)
         info.digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-        header = _open(data, name=path)
-        info.width, info.height, info.mode, info.format = header.width, header.height, header.mode, header.format or "?"
+        header = header_info(data, name=path)
+        info.width, info.height, info.mode, info.format = header.width, header.height, header.mode, header.format
         info.fingerprint = fingerprint(decode_image(data, name=path, draft=(128, 128)))
     except ImageDecodeError as exc:
         info.error = exc

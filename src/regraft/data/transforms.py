@@ -8,6 +8,12 @@ A transform runs in two stages so that the decode cache can hold the first one:
    ``RandomResizedCrop(size)`` + horizontal flip for ``light``; that + ``TrivialAugmentWide``
    for ``strong``; then the weights' mean/std normalisation.
 
+Images have the channels of the data config's ``input_size[0]`` and its ``bit_depth``
+(:class:`~regraft.data.pixels.PixelFormat`). 16-bit pixels travel as int32 tensors (torch has
+no arithmetic on uint16) and are divided by 65535 in the one normalisation; ``strong`` runs
+TrivialAugmentWide on them scaled to 0-1. TrivialAugmentWide's colour operations need 1 or 3
+channels, so ``strong`` is refused for other counts.
+
 Training crops are therefore taken from the image at the evaluation resize rather than at its
 full resolution; that is what lets later epochs skip decoding while augmentation still differs
 each epoch.
@@ -31,7 +37,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from regraft.data.imageio import ResizeSpec, resize_image, to_rgb
+from regraft.data.imageio import ResizeSpec, resize_image
+from regraft.data.pixels import PixelFormat
 from regraft.data.views import crop_box, eval_resize, normalize_affine, read_eval_pixels
 from regraft.errors import ConfigError
 
@@ -44,40 +51,57 @@ class DataConfigLike(Protocol):
     """What :func:`build_transforms` reads from ``regraft.zoo.DataConfig``."""
 
     input_size: tuple[int, int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     interpolation: str
     crop_pct: float
+    bit_depth: int
 
 
 @dataclass(frozen=True, eq=False)
 class ImageTransform:
-    """PIL image -> normalised float tensor ``(3, H, W)``, split into cacheable stages.
+    """PIL image -> normalised float tensor ``(C, H, W)``, split into cacheable stages.
 
-    ``pre`` (resize, deterministic) -> ``post`` (crop/augment, uint8) -> ``normalize``.
+    ``pre`` (resize, deterministic) -> ``post`` (crop/augment; uint8, int32 for 16-bit) -> ``normalize``.
     """
 
     size: tuple[int, int]
     resize: ResizeSpec
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     augment: str
     train: bool
     crop: Callable[[torch.Tensor], torch.Tensor]
 
-    def pre(self, img: Image.Image) -> np.ndarray:
-        """Resize an RGB PIL image per ``resize``: an ``(H, W, 3)`` uint8 array."""
-        return resize_image(to_rgb(img), self.resize)
+    @property
+    def pixels(self) -> PixelFormat:
+        """The channels and bits images are read in (the resize stage carries them)."""
+        return self.resize.pixels
+
+    def pre(self, img: Image.Image | np.ndarray) -> np.ndarray:
+        """Conform a PIL image (any mode) or an array to :attr:`pixels` and resize it: ``(H, W, C)``."""
+        return resize_image(img, self.resize)
 
     def post(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Crop (and augment) an ``(H, W, 3)`` uint8 image: a ``(3, h, w)`` uint8 tensor."""
-        x = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels
+        """Crop (and augment) an ``(H, W, C)`` image: a ``(C, h, w)`` uint8 (16-bit: int32) tensor."""
+        x = self.tensor(pixels)
         # the HWC view is what the uint8 resize kernels are fastest on; their output keeps that
         # channels-last layout, in which normalising and batching run several times slower
         return self.crop(x.permute(2, 0, 1)).contiguous()
 
+    @staticmethod
+    def tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(H, W, C)`` pixels as a tensor: uint8 as it is (no copy), uint16 as int32 (torch has
+        no arithmetic on uint16, and int32 holds every value exactly)."""
+        if isinstance(pixels, torch.Tensor):
+            return pixels
+        if pixels.dtype == np.uint16:
+            return torch.from_numpy(pixels.astype(np.int32))
+        return torch.from_numpy(pixels)
+
     def normalize(self, x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 ``(3, H, W)`` -> float32 ``(x / 255 - mean) / std``, as one multiply-add.
+        """uint8/int32 ``(C, H, W)`` -> float32 ``(x / max - mean) / std``, as one multiply-add
+        (``max`` is 255, or 65535 for 16-bit pixels).
 
         With ``out`` (a float32 tensor of the same shape, e.g. a slot of a batch), the result is
         written there: the loaders normalise each image straight into its batch, so that no
@@ -92,10 +116,11 @@ class ImageTransform:
 
     def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         # the constants of regraft.data.views, which the torch-free ONNX runtime uses too
-        scale, offset = normalize_affine(self.mean, self.std)
-        return torch.from_numpy(scale).view(3, 1, 1), torch.from_numpy(offset).view(3, 1, 1)
+        scale, offset = normalize_affine(self.mean, self.std, max_value=self.pixels.max_value)
+        return torch.from_numpy(scale).view(-1, 1, 1), torch.from_numpy(offset).view(-1, 1, 1)
 
     def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
+        """An image you decoded yourself (PIL), or resize-stage pixels (an ``(H, W, C)`` array)."""
         pixels = img if isinstance(img, np.ndarray) else self.pre(img)
         return self.normalize(self.post(pixels))
 
@@ -110,7 +135,8 @@ class ImageTransform:
     def describe(self) -> dict[str, Any]:
         """The preprocessing as plain values (for ``model.json`` and logs)."""
         return {
-            "input_size": [3, *self.size],
+            "input_size": [self.pixels.channels, *self.size],
+            "bit_depth": self.pixels.depth,
             "resize": self.resize.shorter if self.resize.shorter is not None else list(self.resize.exact),
             "interpolation": self.resize.interpolation,
             "mean": list(self.mean),
@@ -139,38 +165,59 @@ def build_transforms(
         img_size, mean, std, interpolation, crop_pct: overrides (None keeps the config's).
 
     Returns:
-        An :class:`ImageTransform`.
+        An :class:`ImageTransform` for ``data_config.input_size[0]`` channels at its
+        ``bit_depth`` (8 when it has none).
 
     Raises:
-        ConfigError: an unknown augment level or interpolation, or out-of-range values.
+        ConfigError: an unknown augment level or interpolation, out-of-range values, mean/std
+            without one value per channel, or ``strong`` for other channel counts than 1 and 3.
     """
     if augment not in AUGMENTS:
         raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)}; got '{augment}'")
-    _, h, w = data_config.input_size
+    c, h, w = data_config.input_size
+    pixels = PixelFormat(int(c), int(getattr(data_config, "bit_depth", 8)))
     h, w = (int(img_size), int(img_size)) if img_size is not None else (int(h), int(w))
-    mean_t = _triple(mean if mean is not None else data_config.mean, "mean")
-    std_t = _triple(std if std is not None else data_config.std, "std")
+    mean_t = _per_channel(mean if mean is not None else data_config.mean, "mean", pixels.channels)
+    std_t = _per_channel(std if std is not None else data_config.std, "std", pixels.channels)
     if min(std_t) <= 0:
         raise ConfigError(f"std values must be positive; got {list(std_t)}")
     interp = interpolation or data_config.interpolation
     interp = "bilinear" if interp == "random" else interp  # timm's train-time random choice
     pct = float(crop_pct if crop_pct is not None else data_config.crop_pct)
-    resize = eval_resize((h, w), pct, interp)
+    resize = eval_resize((h, w), pct, interp, pixels=pixels)
     level = augment if train else "none"
-    return ImageTransform((h, w), resize, mean_t, std_t, augment, train, _crop_stage((h, w), interp, level))
+    if level == "strong" and pixels.channels not in (1, 3):
+        raise ConfigError(f"augment strong (TrivialAugmentWide) works on 1 or 3 channels; this run reads {pixels.channels}: "
+                          "use augment light")
+    return ImageTransform((h, w), resize, mean_t, std_t, augment, train, _crop_stage((h, w), interp, level, pixels))
 
 
-def _crop_stage(size: tuple[int, int], interp: str, level: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _crop_stage(size: tuple[int, int], interp: str, level: str, pixels: PixelFormat) -> Callable[[torch.Tensor], torch.Tensor]:
     if level == "none":
         return _CenterCrop(size)
     crop = _RandomResizedCropFlip(size, interp)
     if level == "strong":
-        return v2.Compose([crop, v2.TrivialAugmentWide(interpolation=v2.InterpolationMode(interp))])
+        taw = v2.TrivialAugmentWide(interpolation=v2.InterpolationMode(interp))
+        return v2.Compose([crop, taw if pixels.depth == 8 else _OnUnitRange(taw, pixels.max_value)])
     return crop
 
 
+class _OnUnitRange:
+    """Run a transform made for 0-1 floats on int32 pixels of full scale ``top`` (16-bit images)."""
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], top: float) -> None:
+        self.transform, self.top = transform, top
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        out = self.transform(img.to(torch.float32) / self.top)
+        return out.mul_(self.top).round_().clamp_(0, self.top).to(img.dtype)
+
+    def __repr__(self) -> str:
+        return f"{self.transform!r} on 0-1"
+
+
 class _CenterCrop:
-    """``CenterCrop(size)`` on a ``(3, H, W)`` tensor (a view when the image is large enough).
+    """``CenterCrop(size)`` on a ``(C, H, W)`` tensor (a view when the image is large enough).
 
     The offsets (and the zero padding of a crop larger than the image) come from
     :func:`regraft.data.views.crop_box`, which the torch-free ONNX runtime crops with too.
@@ -238,11 +285,12 @@ class _RandomResizedCropFlip:
         return f"RandomResizedCrop(size={self.size}, interpolation={self.interp}) + RandomHorizontalFlip()"
 
 
-def _triple(values: Sequence[float], name: str) -> tuple[float, float, float]:
+def _per_channel(values: Sequence[float], name: str, channels: int) -> tuple[float, ...]:
     vals = tuple(float(v) for v in values)
-    if len(vals) != 3:
-        raise ConfigError(f"{name} needs 3 values (one per RGB channel); got {list(vals)}")
-    return vals  # type: ignore[return-value]
+    if len(vals) != channels:
+        what = "one per RGB channel" if channels == 3 else f"one per input channel: the model takes {channels}"
+        raise ConfigError(f"{name} needs {channels} value{'s' if channels != 1 else ''} ({what}); got {list(vals)}")
+    return vals
 
 
 def mixup_cutmix(

@@ -12,6 +12,10 @@ training's validation, ``regraft eval``, ``regraft predict`` and the torch-free 
 3. :func:`to_input`: ``x * scale + offset`` in float32 with :func:`normalize_affine`'s
    constants, the same two roundings torch's :meth:`ImageTransform.normalize` makes.
 
+The pixels have the run's channels and bits (:class:`~regraft.data.pixels.PixelFormat`, carried
+by the :class:`~regraft.data.imageio.ResizeSpec`): ``(H, W, C)`` uint8, or uint16 for 16-bit
+runs, whose values are divided by 65535 rather than 255 in the one normalisation.
+
 Test-time augmentation (:class:`TTA`): ``flip`` adds the mirrored centre crop (2 views);
 ``flip+crops`` takes the centre and four corner crops of the resized image, each also mirrored
 (10 views, torchvision's ``TenCrop``). View 0 is always the plain centre crop.
@@ -32,6 +36,7 @@ from enum import Enum
 import numpy as np
 
 from regraft.data.imageio import ResizeSpec, decode_resized, read_image_bytes
+from regraft.data.pixels import RGB8, PixelFormat
 from regraft.errors import ConfigError
 
 __all__ = [
@@ -65,9 +70,10 @@ class TTA(str, Enum):  # enum.StrEnum needs Python 3.11; regraft supports 3.10
             raise ConfigError(f"--tta must be one of {', '.join(t.value for t in cls)}; got '{value}'") from None
 
 
-def eval_resize(input_size: Sequence[int], crop_pct: float, interpolation: str) -> ResizeSpec:
-    """The resize stage of evaluation: shorter side to ``floor(size / crop_pct)`` (square inputs),
-    else exactly ``(h, w) / crop_pct``; timm's train-time ``random`` interpolation means bilinear.
+def eval_resize(input_size: Sequence[int], crop_pct: float, interpolation: str, *, pixels: PixelFormat = RGB8) -> ResizeSpec:
+    """The resize stage of evaluation: ``pixels``' format, then the shorter side to
+    ``floor(size / crop_pct)`` (square inputs), else exactly ``(h, w) / crop_pct``; timm's
+    train-time ``random`` interpolation means bilinear.
 
     Raises:
         ConfigError: ``crop_pct`` outside (0, 1] or an unknown interpolation.
@@ -78,8 +84,8 @@ def eval_resize(input_size: Sequence[int], crop_pct: float, interpolation: str) 
         raise ConfigError(f"crop_pct must be in (0, 1]; got {pct}")
     interp = "bilinear" if interpolation == "random" else str(interpolation)
     if h == w:
-        return ResizeSpec(shorter=int(h / pct), interpolation=interp)
-    return ResizeSpec(exact=(int(h / pct), int(w / pct)), interpolation=interp)
+        return ResizeSpec(shorter=int(h / pct), interpolation=interp, pixels=pixels)
+    return ResizeSpec(exact=(int(h / pct), int(w / pct)), interpolation=interp, pixels=pixels)
 
 
 def crop_box(height: int, width: int, size: Sequence[int]) -> tuple[int, int]:
@@ -115,7 +121,7 @@ def center_crop(pixels: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 def views(pixels: np.ndarray, size: Sequence[int], *, tta: TTA | str = TTA.NONE) -> list[np.ndarray]:
-    """The ``(h, w, 3)`` views of a resized image that :class:`TTA` ``tta`` averages; view 0 is the
+    """The ``(h, w, C)`` views of a resized image that :class:`TTA` ``tta`` averages; view 0 is the
     plain centre crop, each other crop is followed by its mirror image."""
     tta = TTA.parse(tta)
     ch, cw = int(size[0]), int(size[1])
@@ -133,27 +139,29 @@ def views(pixels: np.ndarray, size: Sequence[int], *, tta: TTA | str = TTA.NONE)
     return out
 
 
-def normalize_affine(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """``(scale, offset)``, float32 ``(3,)``: ``(x / 255 - mean) / std == x * scale + offset``.
+def normalize_affine(mean: Sequence[float], std: Sequence[float], *, max_value: float = 255.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, offset)``, float32 ``(C,)``: ``(x / max_value - mean) / std == x * scale + offset``.
 
-    Computed in float64 and rounded once to float32, so numpy (here) and torch
+    ``max_value`` is the full scale of the pixels' dtype (255 for uint8, 65535 for uint16), so
+    16-bit images keep their precision up to this one multiply-add. Computed in float64 and
+    rounded once to float32, so numpy (here) and torch
     (:meth:`regraft.data.transforms.ImageTransform.normalize`) use identical constants.
     """
-    scale = np.asarray([1.0 / (255.0 * float(s)) for s in std], dtype=np.float32)
+    scale = np.asarray([1.0 / (float(max_value) * float(s)) for s in std], dtype=np.float32)
     offset = np.asarray([-float(m) / float(s) for m, s in zip(mean, std, strict=True)], dtype=np.float32)
     return scale, offset
 
 
 def to_input(view: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """An ``(h, w, 3)`` uint8 view -> the ``(3, h, w)`` float32 model input ``x * scale + offset``."""
+    """An ``(h, w, C)`` uint8/uint16 view -> the ``(C, h, w)`` float32 model input ``x * scale + offset``."""
     chw = np.ascontiguousarray(view.transpose(2, 0, 1)).astype(np.float32)
-    chw *= scale.reshape(3, 1, 1)
-    chw += offset.reshape(3, 1, 1)
+    chw *= scale.reshape(-1, 1, 1)
+    chw += offset.reshape(-1, 1, 1)
     return chw
 
 
 def read_eval_pixels(path: str | os.PathLike, resize: ResizeSpec) -> np.ndarray:
-    """Read and decode one file to the resize stage: an ``(H, W, 3)`` uint8 array.
+    """Read and decode one file to the resize stage: an ``(H, W, C)`` array in ``resize.pixels``' format.
 
     The same call the decode cache and the uncached datasets make, so every evaluation path
     starts from identical pixels.

@@ -5,10 +5,13 @@ The folder holds ``model.safetensors`` (the state dict under the zoo's own key n
 
 - **timm** runs: ``config.json`` in timm's hub layout (``architecture``, ``num_classes``,
   ``label_names``, ``pretrained_cfg`` with the run's input size, mean/std, interpolation and
-  crop), so ``timm.create_model("local-dir:PATH", pretrained=True)`` rebuilds the model and
+  crop; ``model_args: {"in_chans": N}`` for a run of N input channels), so
+  ``timm.create_model("local-dir:PATH", pretrained=True)`` rebuilds the model and
   ``timm.data.resolve_data_config(model=model)`` its preprocessing;
 - **torchvision** runs: ``config.json`` names the builder and its arguments; the model card
-  gives the two lines (``get_model`` + ``load_state_dict``).
+  gives the two lines (``get_model`` + ``load_state_dict``), and for N input channels the line
+  in between that gives the builder's first convolution N channels (``first_conv`` in
+  ``config.json``).
 
 Only a head the zoo's builder makes can be loaded that way: a run with hidden head layers or
 surgery is refused with the reason (export ``onnx``/``exported``, which carry the module, or use
@@ -59,15 +62,42 @@ def refusal(card: dict[str, Any]) -> str | None:
 def _builder(card: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     """The zoo's own model for this card (random weights) and how it was built."""
     arch, n = card["architecture"], int(card["num_classes"])
+    channels = int(card["preprocessing"]["input_size"][0])
     if arch["zoo"] == "timm":
         import timm
 
         name = arch["name"].split(".", 1)[0]  # a tag names pretrained weights, not the architecture
-        return timm.create_model(name, pretrained=False, num_classes=n), {"library": "timm", "name": name, "kwargs": {"num_classes": n}}
+        kwargs = {"num_classes": n, **({"in_chans": channels} if channels != 3 else {})}
+        return timm.create_model(name, pretrained=False, **kwargs), {"library": "timm", "name": name, "kwargs": kwargs}
     import torchvision
 
     kwargs = {"num_classes": n, **_TV_EXTRA.get(arch["name"], {})}
-    return torchvision.models.get_model(arch["name"], weights=None, **kwargs), {"library": "torchvision", "name": arch["name"], "kwargs": kwargs}
+    model = torchvision.models.get_model(arch["name"], weights=None, **kwargs)
+    built = {"library": "torchvision", "name": arch["name"], "kwargs": kwargs}
+    if channels != 3:
+        built["first_conv"] = _first_conv_for(model, channels)
+    return model, built
+
+
+def _first_conv_for(model: nn.Module, channels: int) -> dict[str, Any]:
+    """Give a torchvision model's first convolution ``channels`` inputs (in place, as regraft's
+    zoo does) and say how, as data and as the line of Python the model card shows."""
+    from regraft.zoo import first_conv
+
+    path = first_conv(model)
+    conv = model.get_submodule(path)
+    args = {"kernel_size": conv.kernel_size, "stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation,
+            "bias": conv.bias is not None}
+    _set_conv(model, path, nn.Conv2d(channels, conv.out_channels, **args))
+    target = "model" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path.split("."))
+    code = f"{target} = torch.nn.Conv2d({channels}, {conv.out_channels}, " + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")"
+    return {"path": path, "in_channels": channels, "out_channels": conv.out_channels,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}, "code": code}
+
+
+def _set_conv(model: nn.Module, path: str, conv: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, conv)
 
 
 def _plain_state(model: nn.Module, plain: nn.Module, head: str) -> dict[str, torch.Tensor]:
@@ -101,7 +131,9 @@ def _config(card: dict[str, Any], plain: nn.Module, built: dict[str, Any], extra
         "crop_pct": float(pre["crop_pct"]), "crop_mode": "center", "num_classes": len(classes),
     }
     if built["library"] == "torchvision":
+        conv = {k: v for k, v in built.get("first_conv", {}).items() if k != "code"}
         return {"library_name": "torchvision", "model_name": built["name"], "builder_kwargs": built["kwargs"],
+                **({"first_conv": conv} if conv else {}),
                 "num_classes": len(classes), "label_names": classes, "pretrained_cfg": preprocessing, "regraft": extra}
     source = dict(getattr(plain, "pretrained_cfg", None) or {})
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in source.items()
@@ -110,7 +142,9 @@ def _config(card: dict[str, Any], plain: nn.Module, built: dict[str, Any], extra
         cfg.pop("pool_size", None)  # the source's pooled grid no longer applies
     cfg.update(preprocessing, architecture=built["name"], custom_load=False)
     num_features = getattr(plain, "num_features", None)
+    model_args = {"in_chans": built["kwargs"]["in_chans"]} if "in_chans" in built["kwargs"] else {}
     return {"architecture": built["name"], "num_classes": len(classes), **({"num_features": num_features} if isinstance(num_features, int) else {}),
+            **({"model_args": model_args} if model_args else {}),  # timm passes them to the builder
             "label_names": classes, "pretrained_cfg": cfg, "regraft": extra}
 
 
@@ -122,8 +156,15 @@ def _reload(folder: Path, built: dict[str, Any]) -> tuple[nn.Module, str]:
         import torchvision
 
         model = torchvision.models.get_model(built["name"], weights=None, **built["kwargs"])
+        how = "torchvision.models.get_model + load_state_dict"
+        conv = built.get("first_conv")
+        if conv:  # the model card's line in between
+            _set_conv(model, conv["path"], nn.Conv2d(conv["in_channels"], conv["out_channels"], kernel_size=tuple(conv["kernel_size"]),
+                                                     stride=tuple(conv["stride"]), padding=tuple(conv["padding"]),
+                                                     dilation=tuple(conv["dilation"]), bias=conv["bias"]))
+            how = "torchvision.models.get_model + a first conv of the run's channels + load_state_dict"
         model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
-        return model.eval(), "torchvision.models.get_model + load_state_dict"
+        return model.eval(), how
     import timm
 
     try:
@@ -133,8 +174,11 @@ def _reload(folder: Path, built: dict[str, Any]) -> tuple[nn.Module, str]:
             raise
     # timm before local-dir folders: the same weights through pretrained_cfg_overlay (its
     # num_classes too: otherwise timm drops a classifier whose size differs from the source's)
-    n = built["kwargs"]["num_classes"]
-    model = timm.create_model(built["name"], pretrained=True, num_classes=n, pretrained_cfg_overlay={"file": str(folder / WEIGHTS), "num_classes": n})
+    kwargs = dict(built["kwargs"])
+    overlay = {"file": str(folder / WEIGHTS), "num_classes": kwargs["num_classes"]}
+    if "in_chans" in kwargs:  # the file's first conv already has the run's channels: no adaptation
+        overlay["input_size"] = (kwargs["in_chans"], *json.loads((folder / CONFIG).read_text())["pretrained_cfg"]["input_size"][1:])
+    model = timm.create_model(built["name"], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     return model.eval(), "timm.create_model(ARCH, pretrained=True, num_classes=N, pretrained_cfg_overlay=dict(file=..., num_classes=N))"
 
 
@@ -184,4 +228,7 @@ def build_folder(card: dict[str, Any], model: nn.Module, *, extra: dict[str, Any
             f"the hf folder loaded by {built['library']} differs from the run's model by up to {diff:.3g} in the logits, "
             f"more than atol {atol:g}; nothing was written"
         )
-    return files, diff, {"library": built["library"], "architecture": built["name"], "builder_kwargs": built["kwargs"], "loaded_with": how}
+    details = {"library": built["library"], "architecture": built["name"], "builder_kwargs": built["kwargs"], "loaded_with": how}
+    if built.get("first_conv"):
+        details["first_conv_code"] = built["first_conv"]["code"]
+    return files, diff, details

@@ -40,6 +40,7 @@ def _figures(summary: dict[str, Any] | None, weights: str) -> list[str]:
 
 
 def _loading(details: dict[str, Any], card: dict[str, Any]) -> list[str]:
+    chans = details["builder_kwargs"].get("in_chans")
     if details["library"] == "timm":
         return [
             "```python",
@@ -51,16 +52,20 @@ def _loading(details: dict[str, Any], card: dict[str, Any]) -> list[str]:
             "With an older timm that does not know `local-dir:` (it came in 2025, timm pull request #2476):",
             "",
             "```python",
-            f'model = timm.create_model("{details["architecture"]}", pretrained=True, num_classes={card["num_classes"]},',
+            f'model = timm.create_model("{details["architecture"]}", pretrained=True, num_classes={card["num_classes"]},'
+            + (f" in_chans={chans}," if chans else ""),
             f'                          pretrained_cfg_overlay=dict(file="PATH/model.safetensors", num_classes={card["num_classes"]})).eval()',
             "```",
         ]
     kwargs = ", ".join(f"{k}={v!r}" for k, v in details["builder_kwargs"].items())
+    conv = details.get("first_conv_code")
     return [
         "```python",
+        *(["import torch"] if conv else []),
         "import torchvision",
         "from safetensors.torch import load_file",
         f'model = torchvision.models.get_model("{details["architecture"]}", weights=None, {kwargs})',
+        *([f"{conv}   # the run's {card['preprocessing']['input_size'][0]} input channels"] if conv else []),
         'model.load_state_dict(load_file("PATH/model.safetensors")); model.eval()   # PATH: this folder',
         "```",
     ]
@@ -73,6 +78,20 @@ def _decision(card: dict[str, Any]) -> str:
     pairs = ", ".join(f"`{c}` {float(t):.3f}" for c, t in zip(card["classes"], card.get("thresholds") or [], strict=False))
     return ("(multi-label: a sigmoid per label; a label is predicted when its probability is above its threshold, chosen on "
             f"the validation images and listed in `config.json` under `regraft.thresholds`: {pairs}).")
+
+
+def _reading(pre: dict[str, Any]) -> str:
+    """How the run reads images, for the preprocessing section (docs/channels.md)."""
+    channels, depth = int(pre["input_size"][0]), int(pre.get("bit_depth", 8))
+    scale = "divide by 65535 (16-bit values)" if depth == 16 else "scale to [0, 1]"
+    if channels == 3 and depth == 8:
+        return f"Read images as RGB, {scale}"
+    if channels == 1:
+        return (f"Read images as 1 channel ({pre.get('mode', 'L')}: grayscale as stored, colour images as luminance "
+                f"0.299 R + 0.587 G + 0.114 B), {scale}")
+    if channels == 3:
+        return f"Read images as RGB at 16 bits (16-bit grayscale repeated in the three channels), {scale}"
+    return f"Read images as {channels} bands (RGBA, CMYK, a .npy array or a multi-band TIFF, bands raw), {scale}"
 
 
 def model_card(loaded: Any, *, details: dict[str, Any], summary: dict[str, Any] | None, diff: float, run_name: str) -> str:
@@ -113,7 +132,7 @@ def model_card(loaded: Any, *, details: dict[str, Any], summary: dict[str, Any] 
         "",
         "## Preprocessing",
         "",
-        f"Resize the shorter side to {resize} px ({pre['interpolation']}), centre-crop {h}x{w}, scale to [0, 1], "
+        f"{_reading(pre)}; resize the shorter side to {resize} px ({pre['interpolation']}), centre-crop {h}x{w}, "
         f"subtract mean {list(pre['mean'])}, divide by std {list(pre['std'])}; the model outputs logits "
         + _decision(card),
         "regraft decodes JPEGs at least twice that size with the decoder's draft scaling (1/2, 1/4, 1/8 before resizing); "

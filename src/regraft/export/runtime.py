@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from regraft.data.imageio import ImageDecodeError, resize_image, to_rgb
+from regraft.data.imageio import ImageDecodeError, resize_image
 from regraft.data.views import (
     TTA,
     center_crop,
@@ -32,7 +32,7 @@ from regraft.data.views import (
     views,
 )
 from regraft.errors import ExportError, MissingDependencyError
-from regraft.inference.card import card_problem
+from regraft.inference.card import card_problem, pixel_format
 from regraft.tasks.decide import above_thresholds, probabilities, read_thresholds
 
 __all__ = ["OnnxClassifier", "load_onnx", "predict_onnx", "require", "sidecar_path"]
@@ -89,24 +89,26 @@ class OnnxClassifier:
         self.session = session
         self.classes: list[str] = list(card["classes"])
         pre = card["preprocessing"]
+        self.pixels = pixel_format(card)  # channels and bits, read as training read them
         self.input_size: tuple[int, int] = (int(pre["input_size"][1]), int(pre["input_size"][2]))
-        self.resize = eval_resize(self.input_size, float(pre["crop_pct"]), str(pre["interpolation"]))
+        self.resize = eval_resize(self.input_size, float(pre["crop_pct"]), str(pre["interpolation"]), pixels=self.pixels)
         self.interpolation = self.resize.interpolation
-        self.scale, self.offset = normalize_affine(pre["mean"], pre["std"])
+        self.scale, self.offset = normalize_affine(pre["mean"], pre["std"], max_value=self.pixels.max_value)
         self.input_name: str = session.get_inputs()[0].name
         self.thresholds: list[float] | None = read_thresholds(card)  # None: one class per image (softmax)
 
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        """An image you decoded yourself (``PIL.Image``) -> the normalised ``(3, H, W)`` float32 input."""
-        return to_input(center_crop(resize_image(to_rgb(image), self.resize), self.input_size), self.scale, self.offset)
+    def preprocess(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """An image you decoded yourself (``PIL.Image``, any mode; or an array of bands) -> the
+        normalised ``(C, H, W)`` float32 input, its channels and bits as the model's card says."""
+        return to_input(center_crop(resize_image(image, self.resize), self.input_size), self.scale, self.offset)
 
     def load(self, path: str | Path, *, tta: TTA | str = TTA.NONE) -> np.ndarray:
-        """A file -> its ``(views, 3, H, W)`` float32 inputs, decoded as evaluation decodes (view 0: plain)."""
+        """A file -> its ``(views, C, H, W)`` float32 inputs, decoded as evaluation decodes (view 0: plain)."""
         pixels = read_eval_pixels(path, self.resize)
         return np.stack([to_input(v, self.scale, self.offset) for v in views(pixels, self.input_size, tta=tta)])
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on a preprocessed ``(N, 3, H, W)`` float32 batch."""
+        """Run the model on a preprocessed ``(N, C, H, W)`` float32 batch."""
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
     def predict(self, paths: Sequence[str | Path], *, topk: int = 5, batch_size: int = 32, tta: TTA | str = TTA.NONE) -> list[dict[str, Any]]:
@@ -131,7 +133,7 @@ class OnnxClassifier:
                 except ImageDecodeError as exc:  # one bad file is reported, not fatal
                     rows.append({"path": str(f), "error": f"cannot read image: {exc.reason}"})
             if inputs:
-                stacked = np.stack(list(inputs.values()))  # (n, views, 3, H, W)
+                stacked = np.stack(list(inputs.values()))  # (n, views, C, H, W)
                 multilabel = self.thresholds is not None
                 per_view = [probabilities(self.logits(stacked[:, v]), multilabel=multilabel) for v in range(stacked.shape[1])]
                 probs = np.mean(per_view, axis=0)

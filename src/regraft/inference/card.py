@@ -17,11 +17,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from regraft.data.pixels import MAX_CHANNELS, PixelFormat
 from regraft.errors import RunError
 from regraft.runs import RunDir
 from regraft.tasks.decide import thresholds_problem
 
-__all__ = ["read_run_json", "read_card", "check_card", "card_problem"]
+__all__ = ["read_run_json", "read_card", "check_card", "card_problem", "pixel_format"]
 
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "random")
 
@@ -83,10 +84,14 @@ def card_problem(card: Any) -> str | None:
     size = pre.get("input_size")
     if not isinstance(size, list) or len(size) != 3 or not all(_is_int(v) and v > 0 for v in size):
         return f"'preprocessing.input_size' must be [C, H, W] with positive integers, got {size!r}"
+    channels = size[0]
+    problem = _pixels_problem(pre, channels)
+    if problem:
+        return problem
     for key in ("mean", "std"):
         values = pre.get(key)
-        if not isinstance(values, list) or len(values) != 3 or not all(_is_number(v) for v in values):
-            return f"'preprocessing.{key}' must be 3 numbers, got {values!r}"
+        if not isinstance(values, list) or len(values) != channels or not all(_is_number(v) for v in values):
+            return f"'preprocessing.{key}' must be {channels} numbers (one per input channel), got {values!r}"
     if min(pre["std"]) <= 0:
         return f"'preprocessing.std' must be positive, got {pre['std']}"
     if pre.get("interpolation") not in _INTERPOLATIONS:
@@ -94,6 +99,28 @@ def card_problem(card: Any) -> str | None:
     if not _is_number(pre.get("crop_pct")) or not 0 < pre["crop_pct"] <= 1:
         return f"'preprocessing.crop_pct' must be in (0, 1], got {pre.get('crop_pct')!r}"
     return thresholds_problem(card)  # the task, and a multi-label card's thresholds
+
+
+def _pixels_problem(pre: dict[str, Any], channels: int) -> str | None:
+    """How images are read (``channels``, ``bit_depth``, ``mode``): absent in cards before
+    in_chans (then 3 channels at 8 bits), consistent with ``input_size`` when present."""
+    if channels > MAX_CHANNELS:
+        return f"'preprocessing.input_size' names {channels} channels, more than {MAX_CHANNELS}"
+    if "channels" in pre and pre["channels"] != channels:
+        return f"'preprocessing.channels' is {pre['channels']!r} but 'input_size' starts with {channels}"
+    depth = pre.get("bit_depth", 8)
+    if depth not in (8, 16) or isinstance(depth, bool):
+        return f"'preprocessing.bit_depth' must be 8 or 16, got {depth!r}"
+    mode = PixelFormat(channels, depth).mode
+    if "mode" in pre and pre["mode"] != mode:
+        return f"'preprocessing.mode' is {pre['mode']!r} but {channels} channel(s) at {depth} bits read as {mode!r}"
+    return None
+
+
+def pixel_format(card: dict[str, Any]) -> PixelFormat:
+    """How a checked card's images are read: its channels and bits (cards before in_chans: 8-bit RGB)."""
+    pre = card["preprocessing"]
+    return PixelFormat(int(pre["input_size"][0]), int(pre.get("bit_depth", 8)))
 
 
 def _is_int(v: Any) -> bool:

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Batch:
-    """One batch: ``views[v]`` is the ``(n, 3, h, w)`` input of view ``v`` for the ``items`` decoded;
+    """One batch: ``views[v]`` is the ``(n, C, h, w)`` input of view ``v`` for the ``items`` decoded;
     ``failed`` holds ``(item, error)`` for the files that were not."""
 
     views: list[torch.Tensor]
@@ -91,10 +91,11 @@ def _assemble(chunk: Sequence[Any], decoded: list[Any], transform: Any, tta: TTA
     for _item, error in failed:
         log.warning("skipped %s: %s", error.path, error.reason)
     h, w = transform.size
-    out = [torch.empty((len(kept), 3, h, w), dtype=torch.float32) for _ in range(tta.n_views)]
+    channels = transform.pixels.channels
+    out = [torch.empty((len(kept), channels, h, w), dtype=torch.float32) for _ in range(tta.n_views)]
     for i, (_item, pixels) in enumerate(kept):
         for v, view in enumerate(views(pixels, transform.size, tta=tta)):
-            chw = torch.from_numpy(np.ascontiguousarray(view)).permute(2, 0, 1)
+            chw = transform.tensor(np.ascontiguousarray(view)).permute(2, 0, 1)
             transform.normalize(chw, out=out[v][i])
     return Batch(out, [item for item, _ in kept], failed)
 

@@ -83,6 +83,8 @@ class LoadedRun:
             std=tuple(pre["std"]),
             interpolation=pre["interpolation"],
             crop_pct=float(pre["crop_pct"]),
+            bit_depth=int(pre.get("bit_depth", 8)),  # cards before in_chans: 8-bit RGB
+            mean_std_from=str(pre.get("mean_std_from", "weights")),
         )
 
     def transform(self) -> Any:
@@ -121,7 +123,8 @@ def build_model_from_card(card: dict[str, Any], *, model: nn.Module | None = Non
                 raise RunError(
                     f"this run trained a custom module ({arch['name']}); pass a fresh instance: load_run(RUN, model=MyNet())"
                 )
-            model = zoo.build(zoo.ModelRef(arch["zoo"], arch["name"]))
+            channels = int(card["preprocessing"]["input_size"][0])
+            model = zoo.build(zoo.ModelRef(arch["zoo"], arch["name"]), in_chans=channels if channels != 3 else None)
         surgery.replace_head(
             model, card["num_classes"], hidden=tuple(arch.get("head_hidden") or ()), dropout=float(arch.get("head_dropout") or 0.0),
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from regraft.errors import DataError
 from regraft.report._samples import sample_grid
 from regraft.report.grids import plot_samples, plot_top_losses
 from regraft.report.html import write_html_report
@@ -115,25 +116,38 @@ def confusion_matrix(targets: Any, predictions: Any, *, num_classes: int) -> np.
 
 
 def to_image(x: Any, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
-    """An HWC uint8 array from a CHW/HWC tensor or array.
+    """An HWC uint8 array (gray or RGB) from a CHW/HWC tensor or array.
 
-    Integer pixels are taken as 0-255; float ones are un-normalised with ``mean``/``std`` when
-    given, else stretched to their own range.
+    Integer pixels are taken as 0-255, except uint16 and int32 ones (regraft's 16-bit crops), which
+    are 0-65535; float ones are un-normalised with ``mean``/``std`` when given, else stretched to
+    their own range. Images of more than 3 channels show their first three as RGB (R, G, B of
+    RGBA or RGB+near-infrared), of 2 channels their first (docs/channels.md).
     """
     raw = _numpy(x)
     arr = raw.astype(np.float64)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+    if arr.ndim == 3 and (
+        (arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3)) or arr.shape[0] < min(arr.shape[1], arr.shape[2])
+    ):
         arr = arr.transpose(1, 2, 0)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
     if np.issubdtype(raw.dtype, np.integer):
-        return np.clip(arr, 0, 255).astype(np.uint8)
-    if mean is not None and std is not None and arr.ndim == 3:
+        top = 65535.0 if raw.dtype in (np.uint16, np.int32) else 255.0
+        arr = np.clip(arr * (255.0 / top), 0, 255)
+        return _shown_channels(np.rint(arr) if top > 255.0 else arr).astype(np.uint8)
+    if mean is not None and std is not None and arr.ndim == 3 and len(mean) == arr.shape[-1]:
         arr = np.clip(arr * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
     else:
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
         arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    return (arr * 255.0 + 0.5).astype(np.uint8)
+    return (_shown_channels(arr) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _shown_channels(arr: np.ndarray) -> np.ndarray:
+    """HW or HWC with 3 channels: one channel as gray, 2 as their first, more as their first three."""
+    if arr.ndim != 3:
+        return arr
+    if arr.shape[-1] in (1, 2):
+        return arr[..., 0]
+    return arr[..., :3]
 
 
 # --------------------------------------------------------------------------------------- steps
@@ -212,25 +226,27 @@ def _samples(dataset: Any, classes: Sequence[str], norm, path: Path, n: int, bat
 
 
 def _dataset_image(dataset: Any, index: int, norm: tuple[Any, Any]) -> np.ndarray:
-    """The original file when the dataset lists paths, else its (transformed) tensor."""
+    """The original file when the dataset lists paths, else its (transformed) tensor (also for
+    runs of other channel counts than 1 and 3, whose files are not pictures Pillow can show)."""
     samples = getattr(dataset, "samples", None)
-    if samples is not None:
+    pixels = getattr(getattr(dataset, "transform", None), "pixels", None)
+    if samples is not None and getattr(pixels, "channels", 3) in (1, 3):
         entry = samples[index]
         file = entry[0] if isinstance(entry, (tuple, list)) else getattr(entry, "path", entry)
         if isinstance(file, (str, Path)):
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, DataError):
                 return _thumbnail(Path(file))
     item = dataset[index]
     return to_image(item[0] if isinstance(item, (tuple, list)) else item, mean=norm[0], std=norm[1])
 
 
 def _thumbnail(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
+    """The file upright in 8-bit RGB as regraft decodes it (16-bit images scaled, not clipped)."""
+    from regraft.data.imageio import load_image
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        im.thumbnail((_THUMB, _THUMB))
-        return np.asarray(im)
+    im = load_image(path)
+    im.thumbnail((_THUMB, _THUMB))
+    return np.asarray(im)
 
 
 def _numpy(x: Any) -> np.ndarray:

@@ -56,7 +56,19 @@ def model_device(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int, int] | None:
-    """The input size a known zoo model expects (None for a user's own module)."""
+    """The input size a known zoo model expects (None for a user's own module), with the channels
+    its first convolution takes (a model built with ``in_chans``)."""
+    size = _zoo_input_size(model)
+    if size is None:
+        return None
+    from regraft import zoo
+
+    path = zoo.first_conv(model)
+    conv = model.get_submodule(path) if path else None
+    return (int(conv.in_channels), *size[1:]) if conv is not None else size  # type: ignore[return-value]
+
+
+def _zoo_input_size(model: nn.Module) -> tuple[int, int, int] | None:
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict) and cfg.get("input_size"):
         return tuple(int(v) for v in cfg["input_size"])  # type: ignore[return-value]

@@ -13,6 +13,7 @@ import torch
 
 from regraft import zoo
 from regraft.config import Config
+from regraft.data.pixels import PixelFormat
 from regraft.runs import RunDir
 from regraft.tasks import Task
 from regraft.tasks.decide import DEFAULT_THRESHOLD
@@ -33,6 +34,9 @@ def model_card(
     """
     pre = data_config.to_dict()
     pre["resize"] = int(math.floor(data_config.input_size[-1] / data_config.crop_pct))
+    # how images are read: eval, predict and every export read them the same way (docs/channels.md)
+    pre["channels"] = int(data_config.input_size[0])
+    pre["mode"] = PixelFormat(pre["channels"], data_config.bit_depth).mode
     task = Task.parse(cfg.task)
     decisions = {"thresholds": [DEFAULT_THRESHOLD] * len(classes), "thresholds_source": "default"} if task.multilabel else {}
     return {

@@ -113,10 +113,11 @@ def check_inputs(cfg: Config) -> None:
 
 
 def build_model(cfg: Config, model: nn.Module | None = None) -> Built:
-    """``cfg.model`` from the zoo, or the user's own module (its data config then comes from cfg)."""
+    """``cfg.model`` from the zoo (with ``cfg.in_chans`` input channels), or the user's own module
+    (its data config then comes from cfg)."""
     if model is None:
         ref = zoo.resolve(cfg.model)
-        return Built(zoo.build(ref), ref, zoo.data_config(ref, weights=cfg.weights))
+        return Built(zoo.build(ref, in_chans=cfg.in_chans), ref, zoo.data_config(ref, weights=cfg.weights))
     ref = getattr(model, "regraft_ref", None) or zoo.ModelRef("custom", type(model).__qualname__)
     return Built(model, ref, zoo.DataConfig())
 
@@ -154,13 +155,12 @@ def setup_data(
         notify(f"data: {len(splits.train)} training and {len(splits.val)} validation images in {kinds}")
     if len(splits.train) < 2:  # a batch of one image breaks BatchNorm in training mode
         raise DataError(f"{cfg.data}: {len(splits.train)} training image; training needs at least 2: add images")
-    unreadable = data.check_readable(splits)  # raises when a class has no readable image
+    dcfg = _input_config(cfg, built, splits, notify=notify)
+    pixels = data.PixelFormat(dcfg.input_size[0], dcfg.bit_depth)
+    unreadable = data.check_readable(splits, pixels=pixels)  # raises when a class has no readable image
     if unreadable:
         more = " ..." if len(unreadable) > 3 else ""
         notify(f"{len(unreadable)} unreadable file(s) will be skipped and listed in skipped_files.txt: {', '.join(unreadable[:3])}{more}")
-    dcfg = built.data_config.with_overrides(
-        img_size=cfg.img_size, mean=cfg.mean, std=cfg.std, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct
-    )
     width = len(classes) if task.multilabel else None
     train_ds, val_ds = _datasets(cfg, splits, dcfg, run=run, num_labels=width)
     balance, weights_of_classes, weights = _balance(cfg, train_ds.labels, len(classes), task=task)
@@ -182,6 +182,19 @@ def _balance(cfg: Config, labels: list[Any], num_classes: int, *, task: Task
         return choice, None, None
     per_class = pos_weights(counts, len(labels)) if task.multilabel else class_weights(counts)
     return choice, per_class, sample_weights(labels, num_classes, multilabel=task.multilabel)
+
+
+def _input_config(cfg: Config, built: Built, splits: data.DataSplits, *, notify: Callable[[str], None]) -> zoo.DataConfig:
+    """The run's preprocessing: the weights' with the recipe's overrides; with ``in_chans``, the
+    channels, the bits the files hold and a mean/std for that many channels (docs/channels.md)."""
+    dcfg = built.data_config.with_overrides(img_size=cfg.img_size, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct)
+    if cfg.in_chans is None:  # 8-bit RGB, as every run before in_chans
+        return dcfg.with_overrides(mean=cfg.mean, std=cfg.std)
+    dcfg = data.input_config(dcfg, channels=cfg.in_chans, paths=[s.path for s in splits.train + splits.val],
+                             stats_paths=[s.path for s in splits.train], seed=cfg.seed, mean=cfg.mean, std=cfg.std)
+    pixels = data.PixelFormat(dcfg.input_size[0], dcfg.bit_depth)
+    notify(f"inputs: {pixels.describe()}; mean/std from {dcfg.mean_std_from}")
+    return dcfg
 
 
 def _datasets(cfg: Config, splits: data.DataSplits, dcfg: zoo.DataConfig, *, run: RunDir, num_labels: int | None) -> tuple[Any, Any]:

@@ -236,11 +236,9 @@ def _head_path(model: nn.Module, head: str | None) -> tuple[str | None, str | No
 
 
 def _first_conv(model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """State-dict key of the first convolution's weight (timm's pretrained config names it)."""
-    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
-    if isinstance(name, str) and f"{name}.weight" in shapes:
-        return f"{name}.weight"
-    for path, module in model.named_modules():
-        if isinstance(module, nn.modules.conv._ConvNd) and f"{path}.weight" in shapes:
-            return f"{path}.weight"
-    return None
+    """State-dict key of the first convolution's weight (:func:`regraft.zoo.first_conv`: timm's
+    pretrained config names it, else the first convolution the module registers)."""
+    from regraft.zoo import first_conv
+
+    path = first_conv(model)
+    return f"{path}.weight" if path is not None and f"{path}.weight" in shapes else None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -27,8 +26,9 @@ import torch
 from regraft.weights._names import WRAPPERS, Pair, pair_by_name, refuse_isolated, strip_wrappers
 from regraft.weights._position import is_nbt, pair_by_position, under
 from regraft.weights._rename import RenameRule
+from regraft.zoo import adapt_input_conv
 
-__all__ = ["Matched", "match_state_dict", "adapt_conv", "WRAPPERS", "strip_wrappers"]
+__all__ = ["Matched", "match_state_dict", "adapt_conv", "describe_adaptation", "WRAPPERS", "strip_wrappers"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def _adaptable(src: tuple[int, ...], want: tuple[int, ...]) -> bool:
 
 
 def adapt_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
-    """A first-conv weight for ``channels`` inputs: summed for one, repeated and rescaled otherwise.
+    """A first-conv weight for ``channels`` inputs: summed for one, repeated and rescaled otherwise
+    (timm's rule; :func:`regraft.zoo.adapt_input_conv`, which also adapts the stems torchvision builds).
 
     Repeating the RGB filters and scaling by ``3 / channels`` keeps the response to an image
     whose channels all carry the same signal equal to the pretrained one.
@@ -72,12 +73,16 @@ def adapt_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
         >>> adapt_conv(torch.ones(8, 3, 3, 3), 1).shape
         torch.Size([8, 1, 3, 3])
     """
-    if channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    have = weight.shape[1]
-    reps = math.ceil(channels / have)
-    tiled = weight.repeat(1, reps, *([1] * (weight.dim() - 2)))[:, :channels]
-    return tiled * (have / channels)
+    return adapt_input_conv(weight, channels)
+
+
+def describe_adaptation(have: int, want: int) -> str:
+    """How :func:`adapt_conv` made ``want`` input channels of ``have``, in words (the load report's line)."""
+    if want == 1:
+        return f"the {have} channels' filters summed into 1 channel"
+    source = "RGB" if have == 3 else f"{have}-channel"
+    return (f"channel i takes the {source} filter of channel i mod {have}, all scaled by {have}/{want} "
+            f"({want} channels from {have})")
 
 
 def _class_count_changed(src: tuple[int, ...], want: tuple[int, ...]) -> bool:
@@ -100,8 +105,7 @@ def _resolve_shapes(
             if not (adapt and pair.target == first_conv and _adaptable(have, want)):
                 out.mismatched[pair.ckpt] = f"{pair.target}: checkpoint {list(have)} vs model {list(want)}"
                 continue
-            how = "summed over input channels" if want[1] == 1 else f"repeated and scaled by {have[1]}/{want[1]}"
-            out.adapted[pair.target] = f"{list(have)} -> {list(want)}: {how}"
+            out.adapted[pair.target] = f"{list(have)} -> {list(want)}: {describe_adaptation(have[1], want[1])}"
             log.info("adapted first conv %s from %d to %d input channels", pair.target, have[1], want[1])
             src = adapt_conv(src, want[1])
         elif in_head and not keep_head and src.is_floating_point():

@@ -129,3 +129,16 @@ def test_a_csv_field_over_the_csv_limit_is_one_line(tmp_path):
     (root / "train.csv").write_text('path,label\n"' + "x" * 200_000 + '",cat\n')
     with pytest.raises(DataError, match=r"train.csv:\d+: not a readable CSV row"):
         discover(root, train_csv="train.csv")
+
+
+def test_max_image_mb_in_process_leaves_the_callers_environment(tmp_path, monkeypatch, capsys):
+    """``regraft.cli.main`` called from Python (a notebook) sets the cap for its own command only."""
+    from regraft.cli.main import main
+
+    root = make_image_folder(tmp_path / "data", classes=("blue", "red"), per_class=2, val_per_class=1, size=16)
+    monkeypatch.delenv("REGRAFT_MAX_IMAGE_MB", raising=False)
+    assert main(["scan", str(root), "--json", "--max-image-mb", "2"]) == 0
+    assert "REGRAFT_MAX_IMAGE_MB" not in os.environ
+    monkeypatch.setenv("REGRAFT_MAX_IMAGE_MB", "300")
+    assert main(["scan", str(root), "--json", "--max-image-mb", "2"]) == 0
+    assert os.environ["REGRAFT_MAX_IMAGE_MB"] == "300"

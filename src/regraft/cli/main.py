@@ -105,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from regraft.errors import Interrupted, RegraftError
 
+    prior_cap = os.environ.get("REGRAFT_MAX_IMAGE_MB")
     try:
         from regraft.cli._options import validate_args
 
@@ -128,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("regraft: interrupted\n")
         return 130
+    finally:  # main() called in-process (a notebook, a test) leaves the caller's environment as it was
+        if prior_cap is None:
+            os.environ.pop("REGRAFT_MAX_IMAGE_MB", None)
+        else:
+            os.environ["REGRAFT_MAX_IMAGE_MB"] = prior_cap
 
 
 def _one_line(exc: BaseException) -> str:

@@ -244,3 +244,28 @@ def test_near_uniform_images_are_outliers_unless_their_class_is_dark(planted):
     out = find_outliers(planted["x"], paths=planted["paths"], splits=planted["splits"], labels=names, fingerprints=prints)
     flagged = {o.path for o in out if o.reason == FLAT}
     assert flagged == {planted["paths"][100], planted["paths"][141]}  # not the 40 dark ants
+
+
+def test_features_only_a_crowd_of_look_alikes_does_not_flood_but_its_exact_copy_is_found():
+    """Without hashes, ten look-alikes (all within 0.97 of each other) give no pair; an exact
+    copy of one of them is still one pair, and a lone near-copy elsewhere too."""
+    from regraft.audit.duplicates import find_near_duplicates
+
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(20, 64, generator=g) * 3
+    crowd = torch.randn(1, 64, generator=g) * 3 + 0.4 * torch.randn(10, 64, generator=g)  # similarity ~0.98
+    x = torch.cat([spread, crowd, crowd[:1], spread[:1] + 0.01 * torch.randn(1, 64, generator=g)])
+    paths = [f"img{i:02d}.png" for i in range(len(x))]
+    pairs = find_near_duplicates(x, paths=paths, splits=["train"] * len(x), labels=["a"] * len(x))
+    found = {frozenset((p.a, p.b)) for p in pairs}
+    assert found == {frozenset(("img20.png", "img30.png")), frozenset(("img00.png", "img31.png"))}
+
+
+def test_a_big_cluster_of_look_alikes_is_not_one_cross_validation_group():
+    from regraft.audit.analysis import MAX_GROUP, _copy_groups
+
+    group = np.array([0] * (MAX_GROUP + 3) + [9, 9, 10])
+    out = _copy_groups(group)
+    assert len(set(out[: MAX_GROUP + 3].tolist())) == MAX_GROUP + 3  # folded one by one
+    assert out[-3] == out[-2] != out[-1]  # a pair of copies stays together
+    assert len(set(out.tolist())) == len(out) - 1

@@ -145,6 +145,23 @@ def test_a_class_without_rows_gets_a_zero_row_and_no_probability(blobs):
     assert torch.allclose(alone.probabilities(torch.randn(4, 3))[:, 0], torch.ones(4, dtype=torch.float64))
 
 
+def test_rows_of_weight_zero_whose_class_has_no_weight_are_left_out_not_nan(blobs):
+    """A class whose rows all weigh 0 is a class without rows (found by the deep scan's second
+    pass: a fold's training rows of one class all left out gave NaN, 0 times a -inf log-probability)."""
+    x, y = blobs
+    weight = torch.from_numpy((y != 3).astype(np.float64))
+    fit = fit_linear(torch.from_numpy(x), torch.from_numpy(y), num_classes=4, l2=1e-2, sample_weight=weight)
+    kept = y != 3
+    ref = fit_linear(torch.from_numpy(x[kept]), torch.from_numpy(y[kept]), num_classes=4, l2=1e-2)
+    assert fit.converged and torch.isfinite(fit.weight).all()
+    assert float((fit.weight - ref.weight).abs().max()) <= COEF_TOL * float(ref.weight.abs().max())
+    probs = fit.probabilities(torch.from_numpy(x[kept])) - ref.probabilities(torch.from_numpy(x[kept]))
+    assert float(probs.abs().max()) <= PROB_TOL
+    cv = cross_validate(torch.from_numpy(x), torch.from_numpy(y), num_classes=4, sample_weight=weight,
+                        groups=torch.from_numpy(y), l2_grid=[1e-2])  # a whole class per fold: some folds see one class
+    assert torch.isfinite(cv.oof_probabilities).all()
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     n=st.integers(4, 40), d=st.integers(1, 6), k=st.integers(2, 4),

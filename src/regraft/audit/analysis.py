@@ -163,6 +163,20 @@ def _exemplars(probabilities: np.ndarray, labels: np.ndarray, *, classes, paths,
     return out
 
 
+MAX_GROUP = 5  # copies of one photo kept in one fold; a bigger cluster is a crowd of look-alikes
+
+
+def _copy_groups(group: np.ndarray) -> np.ndarray:
+    """Cross-validation groups from near-duplicate clusters: a cluster of more than ``MAX_GROUP``
+    images is not copies of one photo but look-alikes (it can hold a whole class, whose fold
+    would then never have seen the class), so its images are folded one by one."""
+    ids, counts = np.unique(group, return_counts=True)
+    big = np.isin(group, ids[counts > MAX_GROUP])
+    out = group.copy()
+    out[big] = group.max(initial=-1) + 1 + np.flatnonzero(big)
+    return out
+
+
 def _out_of_fold(features, y, *, classes, pairs, paths, seed, passes):
     """Out-of-fold probabilities of the last pass, the rows they can judge, and the probe's figures.
 
@@ -175,7 +189,7 @@ def _out_of_fold(features, y, *, classes, pairs, paths, seed, passes):
     """
     from regraft.features.linear import cross_validate
 
-    groups = torch.as_tensor(clusters([p for p in pairs if p.same_label], paths))
+    groups = torch.as_tensor(_copy_groups(clusters([p for p in pairs if p.same_label], paths)))
     cv = cross_validate(features, y, num_classes=len(classes), groups=groups, seed=seed, tol=TOL)
     probe = {"validation": f"cv{cv.folds}", "accuracy": cv.best.accuracy, "accuracy_std": cv.best.accuracy_std,
              "log_loss": cv.best.log_loss, "l2": cv.l2, "folds": cv.folds, "passes": 1, "left_out": 0}

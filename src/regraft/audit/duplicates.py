@@ -16,7 +16,11 @@ On the benchmark this found all 40 planted pairs with no false one, where a cosi
 alone and a hash alone each paid for recall with false pairs (docs/scan.md). Candidates are
 all pairs within ``hash_close`` (every pair is compared up to ``MAX_ALL_PAIRS`` images; past
 that, each image's ``neighbours`` nearest in feature space). Without hashes (a training run's
-cached features) a pair needs ``features_only`` similarity, which misses most resized copies.
+cached features) a pair needs ``features_only`` similarity, which misses most resized copies;
+and since features alone cannot tell a copy from a look-alike, an image with more than
+``crowd`` neighbours that close is in a crowd of look-alikes (a texture, dark frames, or a trunk
+that sees little difference), whose pairs are reported only when virtually identical
+(``identical``): so a crowd does not flood the list, while an exact copy inside it is still found.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class DuplicateRule:
     hash_close: int = 8
     features_only: float = 0.97  # without hashes
     neighbours: int = 20
+    crowd: int = 3  # without hashes: more neighbours than this at features_only is a crowd of look-alikes
+    identical: float = 0.999  # without hashes: a pair inside a crowd is reported from this similarity
 
 
 @dataclass(frozen=True)
@@ -128,9 +134,13 @@ def _candidates(unit: torch.Tensor, fingerprints, rule: DuplicateRule) -> list[t
         return sorted(out)
     sims, index = nearest(unit, k=rule.neighbours)
     floor = rule.similar if fingerprints is not None else rule.features_only
-    for i, j in (sims >= floor).nonzero().tolist():
-        a, b = sorted((i, int(index[i, j])))
-        out.add((a, b))
+    close = sims >= floor
+    crowded = close.sum(dim=1) > rule.crowd if fingerprints is None else torch.zeros(len(sims), dtype=torch.bool)
+    for i, j in close.nonzero().tolist():
+        b = int(index[i, j])
+        if (crowded[i] or crowded[b]) and float(sims[i, j]) < rule.identical:
+            continue
+        out.add(tuple(sorted((i, b))))
     return sorted(out)
 
 

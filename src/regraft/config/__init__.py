@@ -175,6 +175,7 @@ class Config:
     probe_l2: float | None = None  # the probe's L2 penalty (None = chosen by stratified k-fold cross-validation)
     time_budget: float | None = None  # seconds for the whole run; auto fine-tunes only as many epochs as fit
     wise_ft: bool = True  # auto: pick a mix of the probe's and the fine-tuned weights on validation evidence
+    data_findings: bool = True  # after the probe: suspected label issues and train/val copies on its features
     # --- engine
     precision: str = "auto"  # auto = bf16 on a capable GPU or a CPU with AMX, else fp32
     channels_last: bool | None = None  # None = on for convolutional models on CPU and CUDA

@@ -78,6 +78,9 @@ class ProbeOutcome:
         out_of_fold: out-of-fold class probabilities of the training images (no image judges
             itself), for the data audit and multi-label thresholds; None without cross-validation.
         oof_targets: the training images' targets in the order of ``out_of_fold``.
+        train_features, train_targets, val_features, val_targets: the cached features (one row
+            per training sample; per readable validation image) and their targets, for the
+            run's data findings (``training.findings``); the main process only.
         message: one line for the user.
     """
 
@@ -94,6 +97,9 @@ class ProbeOutcome:
     out_of_fold: torch.Tensor | None = field(default=None, repr=False)
     oof_targets: torch.Tensor | None = field(default=None, repr=False)
     train_features: torch.Tensor | None = field(default=None, repr=False)
+    train_targets: torch.Tensor | None = field(default=None, repr=False)
+    val_features: torch.Tensor | None = field(default=None, repr=False)
+    val_targets: torch.Tensor | None = field(default=None, repr=False)
     message: str = ""
     figure: str = "acc"  # the primary figure's short name: acc | mAP
 
@@ -223,7 +229,8 @@ def _fit(rest: nn.Module, head: nn.Module, x, y, vx, vy, *, num_classes: int, re
                       stage=PROBE_STAGE, extra=extra)
     return ProbeOutcome(row=row, validation=regime, acc=score, loss=val_loss, acc_std=std if cv else None,
                         l2=chosen_l2, folds=n_folds, out_of_fold=oof, oof_targets=y if oof is not None else None,
-                        train_features=x, figure="mAP" if task.multilabel else "acc")
+                        train_features=x, train_targets=y, val_features=vx, val_targets=vy,
+                        figure="mAP" if task.multilabel else "acc")
 
 
 _EPS = torch.finfo(torch.float64).eps  # probabilities are clipped here before their log, as the linear probe's log-loss
@@ -320,7 +327,8 @@ def _shareable(outcome: ProbeOutcome | None) -> ProbeOutcome | None:
     """A copy of the outcome without its large tensors, to send to the other processes."""
     if outcome is None:
         return None
-    return replace(outcome, out_of_fold=None, oof_targets=None, train_features=None)
+    return replace(outcome, out_of_fold=None, oof_targets=None, train_features=None, train_targets=None,
+                   val_features=None, val_targets=None)
 
 
 def _message(o: ProbeOutcome) -> str:

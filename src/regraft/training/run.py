@@ -29,6 +29,7 @@ from regraft.runs import ResumeState, RunDir, RunKind, load_checkpoint, lock_sco
 from regraft.strategies import Continuation, Decisions, Evidence
 from regraft.training import card as cards
 from regraft.training import checkpoint, loop, setup, wise
+from regraft.training.findings import write_data_findings
 from regraft.training.finish import finish
 from regraft.training.numerics import StepNumerics, step_numerics
 from regraft.training.probe import PROBE_STAGE, ProbeLabels, ProbeOutcome, fit_probe_stage
@@ -143,6 +144,7 @@ class _Sequence:
         self.continuation: Continuation | None = None
         self.mix: wise.Mix | None = None
         self.probe: ProbeOutcome | None = None
+        self.data_counts: dict[str, int] | None = None  # data_findings.json's totals
         self.batch_transform: Any = None  # the fine-tuning stage's mixup/cutmix, for samples.png
 
     def execute(self, built: setup.Built, *, resumed: ResumeState | None) -> RunResult:
@@ -228,6 +230,11 @@ class _Sequence:
         )
         self.notify(outcome.message)
         self.probe = outcome
+        if self.procs.is_main and self.cfg.data_findings:
+            self.data_counts = write_data_findings(
+                self.run, outcome, train_dataset=self.data.train_dataset, val_dataset=self.data.val_dataset,
+                classes=self.data.classes, multilabel=self.data.rules.multilabel, seed=self.cfg.seed, notify=self.notify)
+        outcome.train_features = outcome.val_features = None  # the features are not needed past here
         return outcome
 
     def _evidence(self, outcome: ProbeOutcome) -> Evidence:
@@ -309,6 +316,8 @@ class _Sequence:
         }
         if cont is not None and cont.action == "probe":  # only the head was fitted
             fields["trainable_params"] = sum(p.numel() for p in self.net.model.get_submodule(self.net.head).parameters())
+        if self.data_counts is not None:
+            fields["data"] = self.data_counts
         if self.mix is not None:
             fields["wise_ft"] = {"alpha": self.mix.alpha, "tried": [list(t) for t in self.mix.tried]}
         probe = self.probe

@@ -228,10 +228,13 @@ class _Batch:
             target[b, : len(index)] = problem.target[index]
         total = weight.sum(dim=1)
         active, fixed = _active_outputs(target, weight, problem.num_classes, problem.multilabel)
-        if not problem.multilabel:  # padding rows take an active class so that no -inf logit is picked
+        if not problem.multilabel:
+            # rows of weight 0 (padding, or a sample_weight of 0) whose class no weighted row has
+            # take an active class, so that no -inf logit is picked (0 · -inf would be NaN)
             first = active.long().argmax(dim=1)
             pad = torch.arange(m, device=dev)[None, :] >= torch.tensor([len(r) for r in rows], device=dev)[:, None]
-            target = torch.where(pad, first[:, None], target)
+            inactive = ~torch.gather(active, 1, target.clamp(0, problem.num_classes - 1))
+            target = torch.where(pad | inactive, first[:, None], target)
         return cls(x, x * x, target, weight / total[:, None], total, active, fixed)
 
 

@@ -53,6 +53,7 @@ FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--val-csv", "val_csv", dict(metavar="FILE", help="CSV/TSV of path,label for validation")),
     ("--classes-file", "classes_file", dict(metavar="FILE", help="class names, one per line, in label order (default DATA/classes.txt if present)")),
     ("--time-budget", "time_budget", dict(type=float, metavar="SECONDS", help="auto: fine-tune only as many epochs as fit in this many seconds for the whole run")),
+    ("--tta", "tta", dict(metavar="T", help="none (default) | flip: also measure the probe with each validation image and its mirror averaged (one extra view)")),
     ("--val-fraction", "val_fraction", dict(type=float, metavar="F", help="validation share when DATA has no split (default 0.2)")),
     ("--exclude", "exclude", dict(metavar="FILE.csv", help="fixes CSV from 'regraft scan --model M --fixes': leave out rows marked exclude, move rows marked relabel")),
     ("--task", "task", dict(metavar="T", help="multiclass (one class per image, default) | multilabel (any number of labels)")),

@@ -60,6 +60,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS,
     "balance": BALANCES,
     "multilabel_loss": MULTILABEL_LOSSES,
+    "tta": ("none", "flip"),
 }
 
 
@@ -175,6 +176,7 @@ class Config:
     probe_l2: float | None = None  # the probe's L2 penalty (None = chosen by stratified k-fold cross-validation)
     time_budget: float | None = None  # seconds for the whole run; auto fine-tunes only as many epochs as fit
     wise_ft: bool = True  # auto: pick a mix of the probe's and the fine-tuned weights on validation evidence
+    tta: str = "none"  # none | flip: the probe's validation figure also with each image and its mirror averaged
     data_findings: bool = True  # after the probe: suspected label issues and train/val copies on its features
     # --- engine
     precision: str = "auto"  # auto = bf16 on a capable GPU or a CPU with AMX, else fp32

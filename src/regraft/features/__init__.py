@@ -31,7 +31,7 @@ from regraft.features.store import CachedFeatures, FeatureCache, FeatureLoader
 
 __all__ = [
     "Cut", "find_cut", "explain_cut", "FeatureCache", "CachedFeatures", "FeatureLoader",
-    "CachedTraining", "CacheSettings", "cache_features", "feature_loaders", "feature_views", "train_with_cache",
+    "CachedTraining", "CacheSettings", "cache_features", "cache_mirrored", "feature_loaders", "feature_views", "train_with_cache",
     ]
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,31 @@ def cache_features(
         val = FeatureCache.build(cut.prefix, val_dataset, views=1, ram_bytes=max(0, budget - train.nbytes),
                                  **common) if has_val else None
     return train, val
+
+
+class _Mirrored(nn.Module):
+    """``prefix`` of each image's mirror: flip the model input's width, then run ``prefix``.
+
+    The validation transform's centre crop commutes with a horizontal flip and normalisation is
+    per channel, so this is the ``flip`` view of test-time augmentation (``data.views``) exactly.
+    """
+
+    def __init__(self, prefix: nn.Module) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prefix(x.flip(-1))
+
+
+def cache_mirrored(cut: Cut, model: nn.Module, val_dataset: Any, *, settings: CacheSettings,
+                   device: torch.device) -> FeatureCache:
+    """The validation images' mirrored features (fp32, like every validation feature), in the
+    order of :func:`cache_features`' validation cache: the probe's ``--tta flip`` view."""
+    with eval_modes(model):
+        return FeatureCache.build(_Mirrored(cut.prefix), val_dataset, views=1, batch_size=settings.batch_size,
+                                  device=device, cache_dir=settings.cache_dir, fp16=settings.fp16,
+                                  seed=settings.seed, workers=settings.workers)
 
 
 def feature_loaders(

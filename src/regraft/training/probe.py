@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from regraft.errors import TrainingError
-from regraft.features import CacheSettings, cache_features
+from regraft.features import CacheSettings, cache_features, cache_mirrored
 from regraft.features.cut import eval_modes, find_cut
 from regraft.features.linear import assign_folds, fit_probe, fold_count
 from regraft.tasks import TaskRules, rules
@@ -82,6 +82,9 @@ class ProbeOutcome:
             per training sample; per readable validation image) and their targets, for the
             run's data findings (``training.findings``); the main process only.
         message: one line for the user.
+        tta: with ``tta="flip"`` and a validation split: ``{"views", figure, "loss", "changed"}``,
+            the head's validation figures with each image's and its mirror's probabilities
+            averaged (what ``regraft eval --tta flip`` measures), beside the plain ones.
     """
 
     row: EpochResult
@@ -102,12 +105,13 @@ class ProbeOutcome:
     val_targets: torch.Tensor | None = field(default=None, repr=False)
     message: str = ""
     figure: str = "acc"  # the primary figure's short name: acc | mAP
+    tta: dict[str, Any] | None = None  # --tta flip: the probe's figures with each validation image and its mirror averaged
 
 
 def fit_probe_stage(
     model: nn.Module, *, head: str, train_dataset: Any, val_dataset: Any | None, num_classes: int, regime: str,
     settings: CacheSettings, procs: Processes, autocast: Callable[[], Any] | None, l2: float | None = None,
-    folds: int = 5, labels: ProbeLabels | None = None,
+    folds: int = 5, labels: ProbeLabels | None = None, tta: str = "none",
 ) -> ProbeOutcome:
     """Fit ``model``'s head at ``head`` on the frozen trunk's features (in place), and measure it.
 
@@ -121,6 +125,8 @@ def fit_probe_stage(
             training features are computed in it; validation features always in fp32).
         l2: a fixed penalty instead of the cross-validated choice.
         labels: the task and the balancing weights (default: multiclass, unweighted).
+        tta: ``flip`` also measures the fitted head on the validation images' mirrors (one more
+            pass of the trunk over the validation images): :attr:`ProbeOutcome.tta`.
 
     Raises:
         TrainingError: the features or the fit are not finite, or the head cannot be cut off.
@@ -130,7 +136,7 @@ def fit_probe_stage(
     if procs.is_main:
         outcome = _fit_on_main(model, head=head, train_dataset=train_dataset, val_dataset=val_dataset,
                                num_classes=num_classes, regime=regime, settings=settings, device=procs.device,
-                               autocast=autocast, l2=l2, folds=folds, labels=labels or ProbeLabels())
+                               autocast=autocast, l2=l2, folds=folds, labels=labels or ProbeLabels(), tta=tta)
     procs.broadcast_(list(model.get_submodule(head).parameters()) + list(model.get_submodule(head).buffers()))
     if procs.distributed:  # every process records the same row and decides the same way
         shared = procs.gather_objects(_shareable(outcome))[0]
@@ -143,7 +149,7 @@ def fit_probe_stage(
 
 
 def _fit_on_main(model, *, head, train_dataset, val_dataset, num_classes, regime, settings, device, autocast, l2, folds,
-                 labels: ProbeLabels):
+                 labels: ProbeLabels, tta: str = "none"):
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in flags:
@@ -165,6 +171,12 @@ def _fit_on_main(model, *, head, train_dataset, val_dataset, num_classes, regime
                 vx, vy = _tensors(val_cache) if val_cache is not None else (None, None)
                 fitted = _fit(cut.rest, model.get_submodule(head), x, y, vx, vy, num_classes=num_classes,
                               regime=regime, l2=l2, folds=folds, labels=labels)
+                if tta == "flip" and vx is not None and len(vx):
+                    mirrored = cache_mirrored(cut, model, val_dataset, settings=settings, device=device)
+                    try:
+                        fitted.tta = _tta_figures(cut.rest, vx, _tensors(mirrored)[0], vy, labels.task)
+                    finally:
+                        mirrored.close()
             finally:
                 for cache in (train_cache, val_cache):
                     if cache is not None:
@@ -234,6 +246,25 @@ def _fit(rest: nn.Module, head: nn.Module, x, y, vx, vy, *, num_classes: int, re
 
 
 _EPS = torch.finfo(torch.float64).eps  # probabilities are clipped here before their log, as the linear probe's log-loss
+
+
+@torch.no_grad()
+def _tta_figures(rest: nn.Module, vx: torch.Tensor, mirrored: torch.Tensor, vy: torch.Tensor, task: TaskRules) -> dict[str, Any]:
+    """The head's validation figures with each image's and its mirror's probabilities averaged,
+    as ``regraft eval --tta flip`` measures them (``inference.images.mean_probs``)."""
+    if mirrored.shape != vx.shape:
+        raise TrainingError(f"the mirrored validation features have shape {tuple(mirrored.shape)}, the plain ones "
+                            f"{tuple(vx.shape)}; an unreadable validation image? run 'regraft scan' on the data")
+    plain = torch.cat([rest(vx[i : i + 1024]).double() for i in range(0, len(vx), 1024)])
+    flipped = torch.cat([rest(mirrored[i : i + 1024]).double() for i in range(0, len(vx), 1024)])
+    probs = [task.probabilities(z).double() for z in (plain, flipped)]
+    p = ((probs[0] + probs[1]) / 2).clamp(_EPS, 1 - _EPS)
+    logits = (p.log() - (1 - p).log()) if task.multilabel else p.log()  # what gives back p through sigmoid / softmax
+    scored = task.evaluation(logits.float(), vy)
+    changed = None if task.multilabel else int((probs[0].argmax(1) != p.argmax(1)).sum())  # multi-label: thresholds come later
+    name = task.primary.removeprefix("val_")
+    return {"views": "flip", name: scored.figures.get(task.primary, math.nan), "loss": scored.loss, "changed": changed,
+            "plain": {name: float(task.evaluation(plain.float(), vy).figures.get(task.primary, math.nan))}}
 
 
 def _fold_figures(task: TaskRules, oof: torch.Tensor, y: torch.Tensor, fold: torch.Tensor
@@ -337,4 +368,9 @@ def _message(o: ProbeOutcome) -> str:
         figure = f"cross-validated {o.figure} {o.acc:.3f}" + (f" ± {o.acc_std:.3f}" if o.acc_std is not None else "")
     else:
         figure = f"val {o.figure} {o.acc:.3f}, loss {o.loss:.3g}"
-    return f"probe: {figure} ({how}; features {o.feature_seconds:.1f}s, total {o.seconds:.1f}s)"
+    line = f"probe: {figure} ({how}; features {o.feature_seconds:.1f}s, total {o.seconds:.1f}s)"
+    if o.tta is not None:
+        key = o.figure.lower()
+        changed = f", {o.tta['changed']} prediction(s) changed" if o.tta.get("changed") is not None else ""
+        line += f"; with TTA flip: val {o.figure} {o.tta[key]:.3f}, loss {o.tta['loss']:.3g}{changed}"
+    return line

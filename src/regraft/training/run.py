@@ -227,7 +227,10 @@ class _Sequence:
             procs=self.procs, autocast=self.numerics.autocast, l2=self.cfg.probe_l2,
             labels=ProbeLabels(task=self.data.rules, sample_weights=self.data.sample_weights,
                                loss_weights=self.data.class_weights),
+            tta=self.cfg.tta,
         )
+        if self.cfg.tta != "none" and not len(self.data.val_dataset):
+            self.notify("TTA: no validation images, so no TTA figure for the probe (regraft eval RUN --data DIR --tta flip measures one)")
         self.notify(outcome.message)
         self.probe = outcome
         if self.procs.is_main and self.cfg.data_findings:
@@ -325,6 +328,8 @@ class _Sequence:
             name = self.data.rules.primary.removeprefix("val_")  # acc | map
             fields["probe"] = {"validation": probe.validation, name: probe.acc, "loss": probe.loss, f"{name}_std": probe.acc_std,
                                "l2": probe.l2, "folds": probe.folds, "seconds": round(probe.seconds, 3)}
+            if probe.tta is not None:
+                fields["probe"]["tta"] = probe.tta
         return fields
 
     def _interrupted(self) -> Interrupted:

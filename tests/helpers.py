@@ -273,3 +273,32 @@ def fit_stage(model: nn.Module, plan, train, val, *, epochs: int, run=None, stat
         numerics=StepNumerics(precision=stage_kw.pop("precision", "fp32"), channels_last=False, device=device), **stage_kw,
     )
     return loop.fit(stage, procs=Processes(device=device), state=state, run=run)
+
+
+class SimplePlan:
+    """The smallest plan the loop needs: SGD with momentum, an optional linear decay of the LR to 0
+    over ``steps``, ``begin_epoch``, ``state_dict``."""
+
+    def __init__(self, model: nn.Module, lr: float = 0.05, steps: int | None = 400) -> None:
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1 - s / steps))
+                          if steps else None)
+
+    def begin_epoch(self, epoch):
+        return []
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def save_tiny_pretrained(path: Path, seed: int = 5) -> Path:
+    """A ``test_resnet`` checkpoint with a 10-class head: the "pretrained weights" of probe runs."""
+    import timm
+
+    torch.manual_seed(seed)
+    torch.save(timm.create_model("test_resnet", num_classes=10).state_dict(), path)
+    return path
+

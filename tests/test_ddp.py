@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import make_image_folder, ok, run_cli
+from tests.helpers import make_image_folder, ok, run_cli, save_tiny_pretrained
 
 pytestmark = pytest.mark.slow  # end-to-end: several processes train tiny runs
 
@@ -71,11 +71,7 @@ def test_torchrun_two_processes_train_like_one_process_at_twice_the_batch(data, 
 
 
 def test_accelerate_launch_runs_the_probe_once_and_matches_one_process(data, tmp_path):
-    torch.manual_seed(5)
-    import timm
-
-    weights = tmp_path / "pretrained.pth"
-    torch.save(timm.create_model("test_resnet", num_classes=10).state_dict(), weights)
+    weights = save_tiny_pretrained(tmp_path / "pretrained.pth")
     probe = ["--model", "test_resnet", "--weights", str(weights), "--strategy", "probe", "--batch-size", "4"]
     one = tmp_path / "one"
     ok(run_cli("train", str(data), *probe, *COMMON, "--out", str(one), env={"OMP_NUM_THREADS": "1"}))

@@ -17,24 +17,7 @@ from regraft.errors import ConfigError, TrainingError
 from regraft.runs import RunDir, load_checkpoint
 from regraft.training import checkpoint, loop, numerics, step
 from regraft.training.processes import Processes, processes
-from tests.helpers import fit_stage
-
-
-class _Plan:
-    """The smallest plan the loop needs: optimizer, scheduler, begin_epoch, state_dict."""
-
-    def __init__(self, model: nn.Module, lr: float = 0.05, steps: int = 400) -> None:
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1 - s / steps))
-
-    def begin_epoch(self, epoch):
-        return []
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
+from tests.helpers import SimplePlan, fit_stage
 
 
 def _data(n=64, seed=0):
@@ -56,7 +39,7 @@ def _model(seed=0):
 
 
 def _fit(model, epochs, run=None, state=None, plan=None, **kw):
-    plan = plan or _Plan(model)
+    plan = plan or SimplePlan(model)
     train, val = _loaders()
     return fit_stage(model, plan, train, val, epochs=epochs, run=run, state=state, seed=7, **kw), plan
 
@@ -77,7 +60,7 @@ def test_resume_continues_exactly(tmp_path):
     _fit(part, 2, run=run_b)
     # a new process: fresh objects, restored from the checkpoint on disk
     resumed = _model(seed=123)
-    plan = _Plan(resumed)
+    plan = SimplePlan(resumed)
     saved = load_checkpoint(run_b.checkpoint)
     state = loop.FitState.from_dict(checkpoint.restore(saved, model=resumed, optimizer=plan.optimizer,
                                                        scheduler=plan.scheduler, plan=plan))
@@ -103,7 +86,7 @@ def test_best_weights_kept_when_nan_comes_later(tmp_path):
     model = _model()
     _fit(model, 2, run=run)
     saved = (run.path / "model.safetensors").read_bytes()
-    plan = _Plan(model, lr=1e6)  # diverges
+    plan = SimplePlan(model, lr=1e6)  # diverges
     with pytest.raises(TrainingError):
         _fit(model, 6, run=run, plan=plan, state=loop.FitState.from_dict(load_checkpoint(run.checkpoint)["fit"]))
     assert (run.path / "model.safetensors").read_bytes() == saved

@@ -24,26 +24,13 @@ from regraft.training import loop
 from regraft.training.label_figures import label_figures
 from regraft.training.probe import ProbeLabels, fit_probe_stage
 from regraft.training.processes import Processes
-from tests.helpers import fit_stage
+from tests.helpers import SimplePlan, fit_stage
 from tests.imagegen import make_multilabel_data
 
 CPU = torch.device("cpu")
 ML = rules("multilabel")
 
 
-class _Plan:
-    def __init__(self, model: nn.Module, lr: float = 0.05) -> None:
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        self.scheduler = None
-
-    def begin_epoch(self, epoch):
-        return []
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
 
 
 def _tensors(n: int, seed: int) -> TensorDataset:
@@ -63,7 +50,7 @@ def test_the_loop_keeps_the_row_with_the_best_map_and_writes_no_accuracy():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     train, val = _loaders()
-    state = fit_stage(model, _Plan(model), train, val, epochs=4, seed=7, task=ML, criterion=ML.criterion())
+    state = fit_stage(model, SimplePlan(model, steps=None), train, val, epochs=4, seed=7, task=ML, criterion=ML.criterion())
     rows = state.history
     assert state.primary == "val_map" and all("val_acc" not in r and "train_acc" not in r for r in rows)
     assert {"val_map", "val_f1_macro", "val_f1_micro", "val_loss"} <= set(rows[0])

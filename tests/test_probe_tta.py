@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tests.helpers import TINY, ok, run_cli, user_error
+from tests.helpers import TINY, ok, run_cli, save_tiny_pretrained, user_error
 
 
 def _sided(root: Path, *, per_class: int, val_per_class: int, size: int = 32, seed: int = 0) -> Path:
@@ -33,12 +32,7 @@ def _sided(root: Path, *, per_class: int, val_per_class: int, size: int = 32, se
 
 @pytest.fixture
 def weights(tmp_path: Path) -> Path:
-    import timm
-
-    torch.manual_seed(5)
-    path = tmp_path / "pretrained.pth"
-    torch.save(timm.create_model("test_resnet", num_classes=10).state_dict(), path)
-    return path
+    return save_tiny_pretrained(tmp_path / "pretrained.pth")
 
 
 @pytest.mark.slow

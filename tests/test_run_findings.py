@@ -8,21 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from regraft.audit.findings import FINDINGS_FILE
-from tests.helpers import TINY, ok, run_cli
+from tests.helpers import TINY, ok, run_cli, save_tiny_pretrained
 from tests.imagegen import make_image_folder
 
 
 @pytest.fixture
 def weights(tmp_path: Path) -> Path:
-    import timm
-
-    torch.manual_seed(5)
-    path = tmp_path / "pretrained.pth"
-    torch.save(timm.create_model("test_resnet", num_classes=10).state_dict(), path)
-    return path
+    return save_tiny_pretrained(tmp_path / "pretrained.pth")
 
 
 def _planted(root: Path) -> tuple[Path, Path, Path]:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from regraft.audit.findings import FINDINGS_FILE
 from tests.helpers import TINY, ok, run_cli, save_tiny_pretrained
@@ -62,3 +63,29 @@ def test_findings_can_be_turned_off(tmp_path, weights):
                "--set", "data_findings=false"))
     assert not (run / FINDINGS_FILE).exists()
     assert "data" not in json.loads((run / "summary.json").read_text())
+
+
+def test_findings_without_validation_images_judge_the_training_images_alone():
+    """The cross-validated regime holds no image out: the run's findings have no validation rows."""
+    from regraft.audit.findings import run_findings
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=g) * 4
+    y = torch.arange(30) % 3
+    x = centres[y] + torch.randn(30, 16, generator=g)
+    y_given = y.clone()
+    y_given[0] = 1  # one image filed under the wrong class
+    paths = [f"train/{int(c)}/{i}.png" for i, c in enumerate(y_given)]
+    found = run_findings(x, y_given, x[:0], y[:0], classes=["a", "b", "c"], train_paths=paths, val_paths=[])
+    assert found["images"] == 30 and found["leaks_total"] == 0
+    assert found["label_issues"][0]["path"] == paths[0] and found["label_issues"][0]["suggested"] == "a"
+
+
+@pytest.mark.slow
+def test_a_run_without_a_validation_split_still_gets_its_findings(tmp_path, weights):
+    data = make_image_folder(tmp_path / "flat", classes=("blue", "green", "red"), per_class=8, size=32, split=False)
+    run = tmp_path / "run"
+    proc = ok(run_cli("train", str(data), *TINY, "--weights", str(weights), "--strategy", "probe", "--out", str(run)))
+    assert "data findings:" in proc.stdout, proc.stdout
+    findings = json.loads((run / FINDINGS_FILE).read_text())
+    assert findings["images"] == 24 and findings["leaks_total"] == 0

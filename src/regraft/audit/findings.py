@@ -70,7 +70,7 @@ def run_findings(
     if len(train_paths) != train_features.shape[0] or len(val_paths) != val_features.shape[0]:
         raise DataError(f"run_findings needs one path per cached row: {train_features.shape[0]} + {val_features.shape[0]} "
                         f"rows, {len(train_paths)} + {len(val_paths)} paths")
-    x = torch.cat([train_features.reshape(len(train_paths), -1), val_features.reshape(len(val_paths), -1)]).float()
+    x = torch.cat([train_features.flatten(1), val_features.flatten(1)]).float()  # (n, ...) -> (n, d), also for n = 0
     y = torch.cat([torch.as_tensor(train_labels), torch.as_tensor(val_labels)]).long()
     splits = ["train"] * len(train_paths) + ["val"] * len(val_paths)
     result = analyse(x, y, classes=classes, paths=list(train_paths) + list(val_paths), splits=splits,

@@ -57,8 +57,12 @@ def write_data_findings(run: RunDir, probe: ProbeOutcome, *, train_dataset: Any,
         vx, vy = tx[:0], ty[:0]
     try:
         findings = run_findings(tx, ty, vx, vy, classes=list(classes), train_paths=train_paths, val_paths=val_paths, seed=seed)
-    except (RegraftError, ValueError) as exc:  # the run itself is fine: say why the section is missing
+    except RegraftError as exc:  # the run itself is fine: say why the section is missing
         notify(f"data findings skipped: {exc}")
+        return None
+    except Exception as exc:  # noqa: BLE001 - a fault in this extra must not cost the user the trained model
+        log.warning("data findings failed (%s: %s); the run goes on without them", type(exc).__name__, exc, exc_info=True)
+        notify(f"data findings skipped: {type(exc).__name__}: {exc}")
         return None
     run.write_json(FINDINGS_FILE, findings)
     counts = summary_counts(findings)

@@ -117,7 +117,9 @@ def cache_features(
         common = dict(batch_size=settings.batch_size, device=device, cache_dir=settings.cache_dir,
                       fp16=settings.fp16, seed=settings.seed, workers=settings.workers)
         views = settings.views if views is None else views
-        clean = _clean_view(train_dataset, val_dataset) if settings.augment != "none" and has_val else None
+        # the un-augmented view needs only the validation transform, not validation images: the
+        # cross-validated regime (no validation split) fits its probe on it too
+        clean = _clean_view(train_dataset, val_dataset) if settings.augment != "none" and val_dataset is not None else None
         augmented = views - 1 if clean is not None else views
         train = FeatureCache.build(cut.prefix, train_dataset, views=augmented, clean=clean, ram_bytes=budget,
                                    autocast=autocast, **common)

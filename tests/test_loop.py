@@ -151,6 +151,16 @@ def test_half_epoch_evaluations_share_one_axis_and_stop_behind_a_reference_row()
     assert epochs == sorted(epochs) == [0, 0.5, 1, 1.5, 2] and go.best != 0
 
 
+def test_behind_a_reference_fine_tuning_also_stops_after_a_whole_epoch_without_a_better_row():
+    model = _model()
+    ref = {"epoch": 0, "stage": "probe", "val_acc": 0.0, "val_loss": 9.0}  # beaten by the first evaluation
+    state = loop.FitState(history=[dict(ref)], best=0)
+    state, _ = _fit(model, 5, state=state, plan=SimplePlan(model, lr=0.0), evals_per_epoch=2, stop_behind=0, name="fine-tune")
+    # lr 0: every evaluation equals the first, so after it a whole epoch (two evaluations) beats nothing
+    assert [r["epoch"] for r in state.history] == [0, 0.5, 1, 1.5] and state.best == 1
+    assert state.stop_reason == "fine-tune stopped after epoch 1.5: a whole epoch without beating epoch 0.5 (fine-tune), which is kept"
+
+
 def test_better_is_the_one_rule():
     assert loop.better(0.9, 0.5, 0.8, 0.1) and loop.better(0.9, 0.4, 0.9, 0.5)
     assert not loop.better(0.9, 0.5, 0.9, 0.5) and not loop.better(0.8, 0.0, 0.9, 1.0)

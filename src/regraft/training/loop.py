@@ -161,7 +161,8 @@ class Stage:
         plan: the :class:`~regraft.strategies.TrainPlan` (optimizer, scheduler, unfreezing).
         last_epoch: train until this many epochs are complete on the run's axis.
         evals_per_epoch: evaluations per epoch (2 on small data: every half epoch).
-        stop_behind: stop as soon as an evaluation does not beat this row (index into history).
+        stop_behind: stop as soon as an evaluation does not beat this row (index into history), or
+            when a whole epoch of evaluations has not beaten the kept row (``auto``'s fine-tuning).
         patience: stop when the validation loss has not improved for this many epochs.
     """
 
@@ -367,6 +368,10 @@ def _stop_reason(stage: Stage, state: FitState, val: EvalResult) -> str:
             name = stage.task.figure if stage.task.multilabel else "acc"
             return (f"{stage.name} stopped after epoch {at}: val {name} {val.score:.3f}, loss {val.loss:.3g} does not beat "
                     f"the {ref['stage']} ({name} {float(ref[state.primary]):.3f}, loss {float(ref['val_loss']):.3g})")
+        if len(state.history) - 1 - state.best >= stage.evals_per_epoch and state.epoch < stage.last_epoch:
+            kept = state.history[state.best]
+            return (f"{stage.name} stopped after epoch {at}: a whole epoch without beating epoch {_fmt_epoch(kept['epoch'])} "
+                    f"({kept['stage']}), which is kept")
     if stage.patience is not None and state.bad_evals >= stage.patience * stage.evals_per_epoch and state.epoch < stage.last_epoch:
         return f"early stop after epoch {at}: validation loss has not improved for {stage.patience} epochs"
     return ""

@@ -269,3 +269,23 @@ def test_a_big_cluster_of_look_alikes_is_not_one_cross_validation_group():
     assert len(set(out[: MAX_GROUP + 3].tolist())) == MAX_GROUP + 3  # folded one by one
     assert out[-3] == out[-2] != out[-1]  # a pair of copies stays together
     assert len(set(out.tolist())) == len(out) - 1
+
+
+def test_cleanlab_is_not_imported_when_the_confident_joint_has_nothing_off_its_diagonal():
+    """On clean evidence cleanlab would flag nothing: it is not even imported (a run's findings
+    on clean data stay cheap); with a confident contradiction it ranks as before."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from regraft.audit.labels import flag_label_issues\n"
+        "p = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8]]); y = np.array([0, 0, 1, 1])\n"
+        "found, name = flag_label_issues(p, y, method='cleanlab')\n"
+        "assert len(found) == 0 and 'cleanlab' in name and 'cleanlab' not in sys.modules, sys.modules.get('cleanlab')\n"
+        "p2 = np.array([[0.9, 0.1]] * 6 + [[0.1, 0.9]] * 6 + [[0.95, 0.05]]); y2 = np.array([0] * 6 + [1] * 7)\n"
+        "found, _ = flag_label_issues(p2, y2, method='cleanlab')\n"
+        "assert list(found) == [12] and 'cleanlab' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from regraft.errors import Interrupted, RegraftError
 
     prior_cap = os.environ.get("REGRAFT_MAX_IMAGE_MB")
+    had_group = _process_group_up()
     try:
         from regraft.cli._options import validate_args
 
@@ -134,6 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.pop("REGRAFT_MAX_IMAGE_MB", None)
         else:
             os.environ["REGRAFT_MAX_IMAGE_MB"] = prior_cap
+        if not had_group and _process_group_up():
+            # the command started the process group (under torchrun / accelerate launch): close it
+            # before the interpreter exits, where tearing down its threads can abort the process
+            sys.modules["torch.distributed"].destroy_process_group()
+
+
+def _process_group_up() -> bool:
+    """Whether torch.distributed's default process group exists (without importing torch)."""
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
 
 
 def _one_line(exc: BaseException) -> str:

@@ -277,6 +277,30 @@ def test_report_escapes_everything(page):
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
 
 
+def test_the_data_section_shows_the_findings_and_survives_a_hostile_file(tmp_path):
+    sound = tmp_path / "sound"
+    sound.mkdir()
+    RunDir(sound).write_json("data_findings.json", {
+        "images": 49, "label_issues_total": 3, "leaks_total": 1, "duplicates_by": "features only",
+        "probe": {"validation": "cv5", "accuracy": 0.98},
+        "label_issues": [{"score": 0.99, "split": "train", "given": "red", "suggested": HOSTILE, "path": "train/red/a.png"}],
+        "leaks": [{"similarity": 1.0, "a": "train/g/x.png", "b": "val/g/x_copy.png"}],
+    })  # fmt: skip
+    html = report.write_html_report(sound).read_text()
+    assert '<section id="data">' in html and "49 images" in html and "(cv5 accuracy 0.980)" in html
+    assert "3 suspected label errors, 1 near-duplicate pair" in html and "the file keeps the first 1 and 1" in html
+    assert "<td>train/red/a.png</td>" in html and "<td>val/g/x_copy.png</td>" in html and HOSTILE not in html
+    hostile = tmp_path / "hostile"  # a run folder from elsewhere: every field of the wrong kind
+    hostile.mkdir()
+    RunDir(hostile).write_json("data_findings.json", {
+        "images": [HOSTILE], "label_issues": "not a list", "leaks": [HOSTILE, 3, {"a": HOSTILE}],
+        "label_issues_total": "many", "leaks_total": -5, "probe": [1, 2],
+    })  # fmt: skip
+    html = report.write_html_report(hostile).read_text()
+    assert '<section id="data">' in html and HOSTILE not in html
+    assert "0 suspected label errors, 1 near-duplicate pair" in html  # the one object kept, the totals made sane
+
+
 def test_report_collapses_long_lists(page):
     assert "<details><summary>loaded (30)</summary>" in page  # long: closed
     assert "<details open><summary>skipped (2)</summary>" in page  # short: open

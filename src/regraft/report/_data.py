@@ -16,9 +16,9 @@ __all__ = ["data_findings"]
 
 def data_findings(data: Mapping[str, Any]) -> str:
     """The section body for a parsed ``data_findings.json``."""
-    issues, leaks = data.get("label_issues") or [], data.get("leaks") or []
-    n_issues, n_leaks = int(data.get("label_issues_total", len(issues))), int(data.get("leaks_total", len(leaks)))
-    probe = data.get("probe") or {}
+    issues, leaks = _records(data.get("label_issues")), _records(data.get("leaks"))
+    n_issues, n_leaks = _count(data.get("label_issues_total"), len(issues)), _count(data.get("leaks_total"), len(leaks))
+    probe = data.get("probe") if isinstance(data.get("probe"), Mapping) else {}
     head = (f"<p>{esc(data.get('images', '?'))} images, judged by cross-validated linear probes on the run's cached "
             f"features ({esc(probe.get('validation', '?'))} accuracy {_num(probe.get('accuracy'))}); "
             f"{n_issues} suspected label error{'' if n_issues == 1 else 's'}, {n_leaks} near-duplicate "
@@ -40,6 +40,15 @@ def data_findings(data: Mapping[str, Any]) -> str:
     if n_issues > len(issues) or n_leaks > len(leaks):
         parts.append(f'<p class="empty">the file keeps the first {len(issues)} and {len(leaks)}; the scan lists all</p>')
     return "\n".join(parts)
+
+
+def _records(value: Any) -> list[Mapping[str, Any]]:
+    """The file's list of objects; anything else in it (a run folder from elsewhere) is left out."""
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def _count(value: Any, at_least: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= at_least else at_least
 
 
 def _num(value: Any) -> str:

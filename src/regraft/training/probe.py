@@ -175,6 +175,7 @@ def _fit_on_main(model, *, head, train_dataset, val_dataset, num_classes, regime
                     mirrored = cache_mirrored(cut, model, val_dataset, settings=settings, device=device)
                     try:
                         fitted.tta = _tta_figures(cut.rest, vx, _tensors(mirrored)[0], vy, labels.task)
+                        fitted.tta["plain"] = {fitted.figure.lower(): fitted.acc, "loss": fitted.loss}
                     finally:
                         mirrored.close()
             finally:
@@ -263,8 +264,7 @@ def _tta_figures(rest: nn.Module, vx: torch.Tensor, mirrored: torch.Tensor, vy: 
     scored = task.evaluation(logits.float(), vy)
     changed = None if task.multilabel else int((probs[0].argmax(1) != p.argmax(1)).sum())  # multi-label: thresholds come later
     name = task.primary.removeprefix("val_")
-    return {"views": "flip", name: scored.figures.get(task.primary, math.nan), "loss": scored.loss, "changed": changed,
-            "plain": {name: float(task.evaluation(plain.float(), vy).figures.get(task.primary, math.nan))}}
+    return {"views": "flip", name: scored.figures.get(task.primary, math.nan), "loss": scored.loss, "changed": changed}
 
 
 def _fold_figures(task: TaskRules, oof: torch.Tensor, y: torch.Tensor, fold: torch.Tensor

@@ -52,6 +52,15 @@ def test_the_probes_tta_figure_is_what_eval_tta_measures(tmp_path, weights):
     assert measured["tta"]["loss"] == pytest.approx(tta["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
+def test_tta_on_a_strategy_without_a_probe_says_where_to_measure_it(tmp_path):
+    data = _sided(tmp_path / "data", per_class=4, val_per_class=2)
+    proc = ok(run_cli("train", str(data), *TINY, "--weights", "none", "--strategy", "scratch", "--epochs", "1",
+                      "--tta", "flip", "--out", str(tmp_path / "r")))
+    assert "--tta flip measures the probe, which strategy scratch does not fit: measure the run with 'regraft eval RUN --tta flip'" in proc.stdout
+    assert "tta" not in json.loads((tmp_path / "r" / "summary.json").read_text()).get("probe", {})
+
+
 def test_train_tta_takes_none_or_flip(tmp_path):
     data = _sided(tmp_path / "data", per_class=2, val_per_class=2)
     user_error(run_cli("train", str(data), *TINY, "--tta", "flip+crops", "--out", str(tmp_path / "r")),

@@ -187,6 +187,9 @@ class _Sequence:
     def _train(self, plan: strategies.TrainPlan, *, saved: dict[str, Any] | None, trackers: Trackers,
                resumed: ResumeState | None = None) -> loop.FitState:
         decisions, state = self.decisions, loop.FitState(primary=self.data.rules.primary)
+        if self.cfg.tta != "none" and not decisions.probe_first:
+            self.notify(f"--tta {self.cfg.tta} measures the probe, which strategy {decisions.strategy.value} does not fit: "
+                        f"measure the run with 'regraft eval RUN --tta {self.cfg.tta}'")
         if saved is not None:  # resume: the probe (if any) and the decision after it are in the checkpoint
             state = loop.FitState.from_dict(saved["fit"])
             self.continuation = Continuation(**saved["continuation"]) if saved.get("continuation") else None

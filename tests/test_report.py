@@ -289,7 +289,8 @@ def test_the_data_section_shows_the_findings_and_survives_a_hostile_file(tmp_pat
     html = report.write_html_report(sound).read_text()
     assert '<section id="data">' in html and "49 images" in html and "(cv5 accuracy 0.980)" in html
     assert "3 suspected label errors, 1 near-duplicate pair" in html and "the file keeps the first 1 and 1" in html
-    assert "<td>train/red/a.png</td>" in html and "<td>val/g/x_copy.png</td>" in html and HOSTILE not in html
+    assert '<td class="text">train/red/a.png</td>' in html and '<td class="text">val/g/x_copy.png</td>' in html
+    assert HOSTILE not in html
     hostile = tmp_path / "hostile"  # a run folder from elsewhere: every field of the wrong kind
     hostile.mkdir()
     RunDir(hostile).write_json("data_findings.json", {

@@ -27,13 +27,13 @@ def data_findings(data: Mapping[str, Any]) -> str:
     parts = [head]
     if issues:
         rows = "".join(
-            f"<tr><td>{_num(i.get('score'))}</td><td>{esc(i.get('split', ''))}</td><td>{esc(i.get('given', ''))}</td>"
-            f"<td>{esc(i.get('suggested', ''))}</td><td>{esc(i.get('path', ''))}</td></tr>" for i in issues)
+            f"<tr><td>{_num(i.get('score'))}</td><td class=\"text\">{esc(i.get('split', ''))}</td><td class=\"text\">{esc(i.get('given', ''))}</td>"
+            f"<td class=\"text\">{esc(i.get('suggested', ''))}</td><td class=\"text\">{esc(i.get('path', ''))}</td></tr>" for i in issues)
         parts.append('<h3>Suspected label errors</h3><div class="scroll"><table class="grid"><tr><th>score</th><th>split</th>'
                      f"<th>filed as</th><th>looks like</th><th>path</th></tr>{rows}</table></div>")
     if leaks:
         rows = "".join(
-            f"<tr><td>{_num(p.get('similarity'))}</td><td>{esc(p.get('a', ''))}</td><td>{esc(p.get('b', ''))}</td></tr>"
+            f"<tr><td>{_num(p.get('similarity'))}</td><td class=\"text\">{esc(p.get('a', ''))}</td><td class=\"text\">{esc(p.get('b', ''))}</td></tr>"
             for p in leaks)
         parts.append('<h3>Near-duplicates across train and validation</h3><div class="scroll"><table class="grid">'
                      f"<tr><th>similarity</th><th>image</th><th>its copy</th></tr>{rows}</table></div>")

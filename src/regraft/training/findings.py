@@ -9,9 +9,9 @@ their totals in ``summary.json``'s ``data``.
 Rows and paths: the training cache has one row per training sample (an unreadable file's row
 holds the features of the image that stood in for it, so it is left out here); the validation
 cache has one row per readable validation image, in order. Which files were unreadable is what
-the run already knows (``skipped_files.txt``, written by every data-loading process, and the
-header check before training). Multi-label runs are not analysed (a given label there is a set;
-the scan's rules are for one class per image): the run says so.
+the run already knows: ``skipped_files.txt``, written by every data-loading process. Multi-label
+runs are not analysed (a given label there is a set; the scan's rules are for one class per
+image): the run says so.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def write_data_findings(run: RunDir, probe: ProbeOutcome, *, train_dataset: Any, val_dataset: Any | None,
-                        classes: Sequence[str], multilabel: bool, unreadable: Sequence[str] = (),
+                        classes: Sequence[str], multilabel: bool,
                         seed: int = 0, notify: Callable[[str], None] = log.info) -> dict[str, int] | None:
     """Analyse the probe's features, write ``data_findings.json`` and return its totals.
 
@@ -46,7 +46,7 @@ def write_data_findings(run: RunDir, probe: ProbeOutcome, *, train_dataset: Any,
         return None
     if probe.train_features is None or probe.train_targets is None:
         return None
-    skipped = set(unreadable) | _skip_log(run)
+    skipped = _skip_log(run)
     train = _rows(train_dataset, probe.train_features, probe.train_targets, skipped)
     val = _rows(val_dataset, probe.val_features, probe.val_targets, skipped) if val_dataset is not None and len(val_dataset) else ([], None, None)
     if train is None or val is None:

@@ -175,13 +175,16 @@ def test_a_sampler_run_resumes_exactly(imbalanced, tmp_path):
 
 
 _DDP_EVAL = """
-import json, sys, torch
+import gc, json, os, sys, torch
 from torch.utils.data import DataLoader, TensorDataset
 from regraft.data.sampler import EpochBatchSampler
 from regraft.tasks import rules
 from regraft.training import loop
 from regraft.training.processes import processes
 
+def threads():  # the C++ ones too (Gloo's workers)
+    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 0
+before = threads()
 procs = processes("cpu")
 torch.manual_seed(0)
 g = torch.Generator().manual_seed(0)
@@ -193,10 +196,14 @@ for task, y in (("multilabel", (torch.randn(len(x), 3, generator=g) > 0).float()
     sampler = EpochBatchSampler(len(x), batch_size=4, shuffle=False, rank=procs.index, world_size=procs.count)
     got = loop.evaluate(model, DataLoader(TensorDataset(x, y), batch_sampler=sampler), procs=procs, task=rules(task))
     out[task] = [got.loss, got.n, got.figures]
-if procs.is_main:
-    open(sys.argv[1], "w").write(json.dumps(out))
 if torch.distributed.is_initialized():  # torn down at exit instead, its threads may abort the process
     torch.distributed.destroy_process_group()
+gc.collect()
+# the group is really gone (nothing still holds it, as torch.distributed.nn imported late did), so
+# no Gloo thread is left to abort the interpreter at exit
+out["threads_left"] = threads() - before
+if procs.is_main:
+    open(sys.argv[1], "w").write(json.dumps(out))
 """
 
 
@@ -213,6 +220,7 @@ def test_two_process_evaluation_gathers_the_same_figures_as_one(tmp_path, n):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         got[procs] = json.loads(out.read_text())
+        assert got[procs]["threads_left"] == 0
     for task in ("multilabel", "multiclass"):
         (loss1, n1, fig1), (loss2, n2, fig2) = got[1][task], got[2][task]
         assert n1 == n2 == n and loss2 == pytest.approx(loss1, rel=1e-6)

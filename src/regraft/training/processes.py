@@ -11,6 +11,7 @@ out below: wrapping in DDP, unwrapping, summing across processes, and Accelerate
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,6 +103,7 @@ def processes(device: str = "auto") -> Processes:
         raise TrainingError("--device mps was asked for but MPS is not available; use --device auto or cpu")
     from accelerate import PartialState
 
+    _import_distributed_nn_first()
     # a no-op when a launcher or the user already set it up; on a machine without a GPU,
     # Accelerate starts several CPU processes (torchrun, accelerate launch) only when told cpu
     on_cpu = device == "cpu" or not (torch.cuda.is_available() or (device in ("auto", "mps") and mps))
@@ -120,6 +122,20 @@ def processes(device: str = "auto") -> Processes:
     if device in ("auto", "mps") and mps:
         return Processes(device=torch.device("mps"))
     return Processes(device=torch.device("cpu"))
+
+
+def _import_distributed_nn_first() -> None:
+    """Import ``torch.distributed.nn`` before any process group exists.
+
+    Its functions take ``group=group.WORLD`` as a default argument, evaluated at import. Imported
+    after the process group starts (torchmetrics imports it, and the figures import torchmetrics
+    lazily), those defaults hold the live group, so ``destroy_process_group`` cannot free it and
+    Gloo's worker threads outlive the interpreter: at exit one of them may drop a tensor without
+    the GIL and abort the process ("terminate called without an active exception", a failed run
+    after a good one). Imported before, the defaults hold the placeholder and resolve per call.
+    """
+    if torch.distributed.is_available() and not torch.distributed.is_initialized():
+        importlib.import_module("torch.distributed.nn")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

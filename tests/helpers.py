@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from tests.imagegen import make_image_folder
+from tests.zygote import run_warm
 
 __all__ = [
     "run_cli", "TINY", "ok", "user_error", "TinyResNet", "TinyVGG", "tiny_resnet", "make_image_folder",
@@ -27,9 +28,12 @@ __all__ = [
 # ----------------------------------------------------------------------------- the CLI
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
-    """Run ``python -m regraft ARGS`` in a subprocess and return the CompletedProcess."""
+    """Run ``python -m regraft ARGS`` in a process of its own (forked warm: tests/zygote.py) and return the CompletedProcess."""
     full_env = dict(os.environ)
     full_env.update(env or {})
+    warm = run_warm(list(args), cwd=cwd, env=full_env, timeout=timeout)
+    if warm is not None:
+        return warm
     return subprocess.run(
         [sys.executable, "-m", "regraft", *args],
         capture_output=True,

@@ -1,0 +1,187 @@
+"""``python -m regraft ARGS`` as a forked child of one warm process, so each CLI test stops paying
+for importing torch, torchvision, timm and Accelerate (about 4 s of a 2-core machine per command,
+a third of the suite).
+
+Why by hand: pytest-forked and xdist's ``--forked`` fork the *test*, not the command under test,
+and ``multiprocessing``'s forkserver has no way to hand a child its own stdout, stderr, cwd,
+environment and exit status the way ``subprocess.run`` does. Every command still runs in a
+process of its own, with fresh file descriptors, its own working directory, environment,
+``sys.argv`` and random seeds, and exits through the same ``SystemExit`` as ``python -m regraft``.
+
+The warm process only imports; it never computes, so no thread pool exists when it forks (it
+checks, and the runner falls back to a real subprocess if one ever does). A command whose
+environment differs from the warm process's in anything read at import time (``OMP_NUM_THREADS``,
+``HF_*``) also runs as a real subprocess. ``REGRAFT_TEST_ZYGOTE=0`` turns the whole thing off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import locale
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+# read when a command runs (by regraft), or never (pytest's own): the only variables a forked child may differ in
+_CALL_TIME_ENV = ("REGRAFT_", "PYTEST_")
+
+_SERVER = r"""
+import json, os, sys, time
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+# numpy's and scipy's OpenBLAS start their thread pools at import; OpenBLAS rebuilds them in a
+# forked child (pthread_atfork), as every fork-based multiprocessing user relies on. Any thread
+# beyond those would make forking unsafe, so the warm process then declines to fork.
+import numpy
+try:
+    import scipy.linalg
+except ImportError:
+    pass
+BLAS = threads()
+import PIL.Image, torch, torchvision, timm, accelerate, safetensors.torch, torchmetrics  # the slow imports
+import regraft.cli.main, regraft.training.run, regraft.report, regraft.export, regraft.audit  # noqa: E401
+
+def child(req):
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["stdout"], os.O_WRONLY | os.O_TRUNC),
+                                (2, req["stderr"], os.O_WRONLY | os.O_TRUNC)):
+            new = os.open(path, flags)
+            os.dup2(new, fd)
+            os.close(new)
+        sys.stdin = open(os.devnull)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        import random
+        random.seed()
+        numpy.random.seed()
+        import runpy
+        sys.argv = [sys.argv[0], *req["args"]]
+        try:
+            runpy.run_module("regraft", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as e:
+            if e.code is None:
+                code = 0
+            elif isinstance(e.code, int):
+                code = e.code
+            else:
+                print(e.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 1
+        import atexit
+        atexit._run_exitfuncs()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code & 0xFF)
+
+print(json.dumps({"ready": True, "threads": threads() - BLAS}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    if threads() > BLAS:
+        print(json.dumps({"id": req["id"], "rc": None, "why": f"{threads() - BLAS} threads besides BLAS"}), flush=True)
+        continue
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        child(req)
+    deadline = time.monotonic() + req["timeout"]
+    timed_out = False
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            timed_out = True
+            try:
+                os.killpg(pid, 9)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.005)
+    rc = -os.WTERMSIG(status) if (not timed_out and os.WIFSIGNALED(status)) else (os.WEXITSTATUS(status) if not timed_out else None)
+    print(json.dumps({"id": req["id"], "rc": rc, "timed_out": timed_out}), flush=True)
+"""
+
+
+class _Zygote:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.env = dict(os.environ)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, env=self.env,
+        )
+        hello = json.loads(self.proc.stdout.readline() or "{}")
+        self.usable = bool(hello.get("ready")) and hello.get("threads") == 0
+        self.dir = Path(tempfile.mkdtemp(prefix="regraft-zygote-"))
+        self.sent = 0
+        atexit.register(self.close)
+
+    def accepts(self, env: dict[str, str]) -> bool:
+        keys = set(env) | set(self.env)
+        differ = {k for k in keys if env.get(k) != self.env.get(k)}
+        return self.usable and self.proc.poll() is None and all(k.startswith(_CALL_TIME_ENV) for k in differ)
+
+    def run(self, args: list[str], *, cwd: Path | None, env: dict[str, str], timeout: float):
+        with self.lock:
+            self.sent += 1
+            out, err = self.dir / f"{self.sent}.out", self.dir / f"{self.sent}.err"
+            out.write_bytes(b"")
+            err.write_bytes(b"")
+            req = {"id": self.sent, "args": args, "cwd": str(cwd or os.getcwd()), "env": env, "timeout": timeout,
+                   "stdout": str(out), "stderr": str(err)}
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+            while True:  # skip the answer to a command whose test was stopped while waiting (pytest-timeout)
+                reply = json.loads(self.proc.stdout.readline() or '{"rc": null}')
+                if reply.get("id", self.sent) == self.sent:
+                    break
+            encoding = locale.getpreferredencoding(False)
+            stdout, stderr = out.read_text(encoding=encoding), err.read_text(encoding=encoding)
+            out.unlink()
+            err.unlink()
+        if reply.get("timed_out"):
+            raise subprocess.TimeoutExpired([sys.executable, "-m", "regraft", *args], timeout, stdout, stderr)
+        if reply.get("rc") is None:  # the warm process could not fork safely: go cold
+            self.usable = False
+            return None
+        return subprocess.CompletedProcess([sys.executable, "-m", "regraft", *args], reply["rc"], stdout, stderr)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_zygote: _Zygote | None = None
+
+
+def run_warm(args: list[str], *, cwd: Path | None, env: dict[str, str], timeout: float):
+    """The CompletedProcess of ``python -m regraft ARGS`` from the warm process, or None where it cannot run it."""
+    global _zygote
+    if os.environ.get("REGRAFT_TEST_ZYGOTE", "1") == "0" or not hasattr(os, "fork") or not os.path.isdir("/proc/self/task"):
+        return None
+    if _zygote is None:
+        _zygote = _Zygote()
+    if not _zygote.accepts(env):
+        return None
+    return _zygote.run(args, cwd=cwd, env=env, timeout=timeout)

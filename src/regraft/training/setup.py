@@ -268,8 +268,7 @@ def _load_weights(cfg: Config, model: nn.Module, *, decisions: Decisions, head: 
         model, cfg.weights, rename=cfg.rename or None, skip=cfg.skip or None,
         trust_checkpoint=cfg.trust_checkpoint, sha256=cfg.sha256, head=head, keep_head=cfg.keep_head, classes=classes,
     )
-    notify(f"weights: {cfg.weights} — trunk coverage {report.coverage:.1%}")
-    if report.coverage < cfg.min_coverage:  # show what did and didn't load before refusing
+    if report.coverage < cfg.min_coverage:  # show what did and didn't load before refusing (else announce() does)
         for line in report.format_lines():
             notify(line)
     check_coverage(report, min_coverage=cfg.min_coverage)

@@ -10,8 +10,9 @@ process of its own, with fresh file descriptors, its own working directory, envi
 
 The warm process only imports; it never computes, so no thread pool exists when it forks (it
 checks, and the runner falls back to a real subprocess if one ever does). A command whose
-environment differs from the warm process's in anything read at import time (``OMP_NUM_THREADS``,
-``HF_*``) also runs as a real subprocess. ``REGRAFT_TEST_ZYGOTE=0`` turns the whole thing off.
+environment differs from the warm process's in anything read at import time (``HF_*``, unequal
+thread counts) also runs as a real subprocess; one thread count for OpenMP and MKL is applied in the
+child as those libraries would have read it. ``REGRAFT_TEST_ZYGOTE=0`` turns the whole thing off.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-# read when a command runs (by regraft), or never (pytest's own): the only variables a forked child may differ in
-_CALL_TIME_ENV = ("REGRAFT_", "PYTEST_")
+# read when a command runs (regraft's, torch.hub's TORCH_HOME), or never (pytest's own): variables a
+# forked child may differ in as they are
+_CALL_TIME_ENV = ("REGRAFT_", "PYTEST_", "TORCH_HOME")
+# read at import (the OpenMP, MKL and OpenBLAS thread pools): a child given one count for all of them
+# sets it the way those libraries would have read it (torch.set_num_threads, threadpoolctl)
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 _SERVER = r"""
 import json, os, sys, time
@@ -61,6 +66,13 @@ def child(req):
         os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])
+        if req["threads"]:
+            torch.set_num_threads(req["threads"])
+            try:
+                from threadpoolctl import threadpool_limits
+                threadpool_limits(req["threads"])
+            except ImportError:
+                pass
         import random
         random.seed()
         numpy.random.seed()
@@ -135,18 +147,26 @@ class _Zygote:
         self.sent = 0
         atexit.register(self.close)
 
-    def accepts(self, env: dict[str, str]) -> bool:
+    def accepts(self, env: dict[str, str]) -> tuple[bool, int]:
+        """Whether a child of the warm process can run under ``env``, and the thread count it must set (0: as is)."""
         keys = set(env) | set(self.env)
         differ = {k for k in keys if env.get(k) != self.env.get(k)}
-        return self.usable and self.proc.poll() is None and all(k.startswith(_CALL_TIME_ENV) for k in differ)
+        counts = {env.get(k) for k in _THREAD_ENV if k in differ or k in env}
+        threads = 0
+        if differ & set(_THREAD_ENV):
+            if len(counts) != 1 or not str(next(iter(counts))).isdigit() or int(next(iter(counts))) < 1:
+                return False, 0
+            threads = int(next(iter(counts)))
+        rest = differ - set(_THREAD_ENV)
+        return self.usable and self.proc.poll() is None and all(k.startswith(_CALL_TIME_ENV) for k in rest), threads
 
-    def run(self, args: list[str], *, cwd: Path | None, env: dict[str, str], timeout: float):
+    def run(self, args: list[str], *, cwd: Path | None, env: dict[str, str], timeout: float, threads: int = 0):
         with self.lock:
             self.sent += 1
             out, err = self.dir / f"{self.sent}.out", self.dir / f"{self.sent}.err"
             out.write_bytes(b"")
             err.write_bytes(b"")
-            req = {"id": self.sent, "args": args, "cwd": str(cwd or os.getcwd()), "env": env, "timeout": timeout,
+            req = {"id": self.sent, "args": args, "cwd": str(cwd or os.getcwd()), "env": env, "threads": threads, "timeout": timeout,
                    "stdout": str(out), "stderr": str(err)}
             self.proc.stdin.write(json.dumps(req) + "\n")
             self.proc.stdin.flush()
@@ -182,6 +202,7 @@ def run_warm(args: list[str], *, cwd: Path | None, env: dict[str, str], timeout:
         return None
     if _zygote is None:
         _zygote = _Zygote()
-    if not _zygote.accepts(env):
+    fits, threads = _zygote.accepts(env)
+    if not fits:
         return None
-    return _zygote.run(args, cwd=cwd, env=env, timeout=timeout)
+    return _zygote.run(args, cwd=cwd, env=env, timeout=timeout, threads=threads)

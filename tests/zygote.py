@@ -6,7 +6,9 @@ Why by hand: pytest-forked and xdist's ``--forked`` fork the *test*, not the com
 and ``multiprocessing``'s forkserver has no way to hand a child its own stdout, stderr, cwd,
 environment and exit status the way ``subprocess.run`` does. Every command still runs in a
 process of its own, with fresh file descriptors, its own working directory, environment,
-``sys.argv`` and random seeds, and exits through the same ``SystemExit`` as ``python -m regraft``.
+``sys.argv`` and random seeds, and exits through the same ``SystemExit`` as ``python -m regraft``
+(tests/test_runner.py compares the two). One difference stays: the children share the warm
+process's string-hash seed, where cold interpreters each draw their own.
 
 The warm process only imports; it never computes, so no thread pool exists when it forks (it
 checks, and the runner falls back to a real subprocess if one ever does). A command whose
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 # read when a command runs (regraft's, torch.hub's TORCH_HOME), or never (pytest's own): variables a
@@ -128,7 +131,7 @@ for line in sys.stdin:
             os.waitpid(pid, 0)
             break
         time.sleep(0.005)
-    rc = -os.WTERMSIG(status) if (not timed_out and os.WIFSIGNALED(status)) else (os.WEXITSTATUS(status) if not timed_out else None)
+    rc = None if timed_out else os.waitstatus_to_exitcode(status)  # -N for a signal, as subprocess says
     print(json.dumps({"id": req["id"], "rc": rc, "timed_out": timed_out}), flush=True)
 """
 
@@ -143,22 +146,26 @@ class _Zygote:
         )
         hello = json.loads(self.proc.stdout.readline() or "{}")
         self.usable = bool(hello.get("ready")) and hello.get("threads") == 0
+        if not self.usable:  # correct but slow: say so in pytest's warnings summary rather than silently
+            why = f"{hello['threads']} threads besides OpenBLAS's after its imports" if hello.get("ready") else "it failed to start"
+            warnings.warn(f"tests/zygote.py: the warm runner is off ({why}); every CLI command runs cold", stacklevel=2)
         self.dir = Path(tempfile.mkdtemp(prefix="regraft-zygote-"))
         self.sent = 0
         atexit.register(self.close)
 
-    def accepts(self, env: dict[str, str]) -> tuple[bool, int]:
-        """Whether a child of the warm process can run under ``env``, and the thread count it must set (0: as is)."""
-        keys = set(env) | set(self.env)
-        differ = {k for k in keys if env.get(k) != self.env.get(k)}
-        counts = {env.get(k) for k in _THREAD_ENV if k in differ or k in env}
-        threads = 0
-        if differ & set(_THREAD_ENV):
-            if len(counts) != 1 or not str(next(iter(counts))).isdigit() or int(next(iter(counts))) < 1:
-                return False, 0
-            threads = int(next(iter(counts)))
-        rest = differ - set(_THREAD_ENV)
-        return self.usable and self.proc.poll() is None and all(k.startswith(_CALL_TIME_ENV) for k in rest), threads
+    def accepts(self, env: dict[str, str]) -> int | None:
+        """The thread count a child of the warm process must set under ``env`` (0: as it is), or None
+        where it cannot run under ``env``."""
+        if not self.usable or self.proc.poll() is not None:
+            return None
+        differ = {k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k)}
+        if not all(k.startswith(_CALL_TIME_ENV) for k in differ - set(_THREAD_ENV)):
+            return None
+        if not differ & set(_THREAD_ENV):
+            return 0
+        counts = {env.get(k) for k in _THREAD_ENV if k in env or k in differ}  # None: one was taken away
+        count = counts.pop() if len(counts) == 1 else None
+        return int(count) if count and count.isdigit() and int(count) > 0 else None
 
     def run(self, args: list[str], *, cwd: Path | None, env: dict[str, str], timeout: float, threads: int = 0):
         with self.lock:
@@ -182,6 +189,7 @@ class _Zygote:
             raise subprocess.TimeoutExpired([sys.executable, "-m", "regraft", *args], timeout, stdout, stderr)
         if reply.get("rc") is None:  # the warm process could not fork safely: go cold
             self.usable = False
+            warnings.warn(f"tests/zygote.py: the warm runner is off ({reply.get('why', 'it stopped')}); CLI commands run cold", stacklevel=2)
             return None
         return subprocess.CompletedProcess([sys.executable, "-m", "regraft", *args], reply["rc"], stdout, stderr)
 
@@ -202,7 +210,7 @@ def run_warm(args: list[str], *, cwd: Path | None, env: dict[str, str], timeout:
         return None
     if _zygote is None:
         _zygote = _Zygote()
-    fits, threads = _zygote.accepts(env)
-    if not fits:
+    threads = _zygote.accepts(env)
+    if threads is None:
         return None
     return _zygote.run(args, cwd=cwd, env=env, timeout=timeout, threads=threads)

@@ -237,6 +237,15 @@ def test_disk_full_and_read_only_are_one_line(toy_data, tmp_path):
         subprocess.run(["umount", str(full)], check=False)
 
 
+@pytest.mark.parametrize("command", [["train"], ["lr-find"], ["compare", "--strategies", "probe,scratch"]])
+def test_a_mistyped_or_file_data_path_leaves_no_run_folder_behind(tmp_path, command):
+    (tmp_path / "notes.txt").write_text("mine")
+    for given, said in (("dta", f"data folder not found: {tmp_path / 'dta'}"), ("notes.txt", f"{tmp_path / 'notes.txt'} is a file, not a data folder")):
+        user_error(run_cli(command[0], given, *command[1:], "--model", "test_resnet", cwd=tmp_path), said)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no runs/<name> made for nothing
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_debug_works_before_the_command(tmp_path):
     proc = run_cli("--debug", "eval", str(tmp_path / "missing"))
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "RunError" in proc.stderr

@@ -23,7 +23,7 @@ import importlib
 from typing import Any
 
 __all__ = [
-    "Sample", "DataSplits", "discover", "split_stratified", "IMAGE_EXTENSIONS", "list_images", "expand_paths",
+    "Sample", "DataSplits", "discover", "check_data_folder", "split_stratified", "IMAGE_EXTENSIONS", "list_images", "expand_paths",
     "ImageDecodeError", "ResizeSpec", "load_image", "load_pixels", "decode_image", "decode_resized", "probe_image",
     "probe_source", "PixelFormat", "input_config", "detect_pixels", "channel_stats",
     "ImageTransform", "build_transforms", "mixup_cutmix", "AUGMENTS",
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 _WHERE = {
-    "discovery": ("discover",),
+    "discovery": ("discover", "check_data_folder"),
     "splits": ("Sample", "DataSplits", "split_stratified"),
     "files": ("IMAGE_EXTENSIONS", "list_images", "expand_paths"),
     "imageio": ("ImageDecodeError", "ResizeSpec", "load_image", "load_pixels", "decode_image", "decode_resized", "probe_image",

@@ -27,16 +27,24 @@ from regraft.errors import DataError
 log = logging.getLogger("regraft.data.discovery")
 
 
+def check_data_folder(root: str | os.PathLike) -> Path:
+    """``root`` as an absolute path, if it is a folder (checked before a run folder is made for it).
+
+    Raises:
+        DataError: no folder there.
+    """
+    root = Path(os.path.abspath(root))
+    if not root.is_dir():
+        what = f"{root} is a file, not a data folder" if root.exists() else f"data folder not found: {root}"
+        raise DataError(f"{what}; pass a folder with train/ and val/ (class subfolders in each) or a folder of class subfolders")
+    return root
+
+
 def find_splits(
     root: Path, *, val_fraction: float, seed: int, train_csv, val_csv, classes_file, problems: list[str] | None,
     multilabel: bool = False, label_sep: str = ";",
 ) -> DataSplits:
-    root = Path(os.path.abspath(root))
-    if not root.is_dir():
-        raise DataError(
-            f"data folder not found: {root}; pass a folder with train/ and val/ (class subfolders "
-            "in each) or a folder of class subfolders"
-        )
+    root = check_data_folder(root)
     report = _Problems(problems)
     class_list = _read_classes_file(root, classes_file)
     if multilabel:

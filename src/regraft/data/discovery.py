@@ -29,11 +29,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from regraft.data._layouts import find_splits
+from regraft.data._layouts import check_data_folder, find_splits
 from regraft.data.files import IMAGE_EXTENSIONS, VAL_DIR_NAMES
 from regraft.data.splits import DataSplits, Sample, split_stratified
 
-__all__ = ["Sample", "DataSplits", "discover", "split_stratified", "label_folders", "IMAGE_EXTENSIONS", "VAL_DIR_NAMES"]
+__all__ = ["Sample", "DataSplits", "discover", "check_data_folder", "split_stratified", "label_folders", "IMAGE_EXTENSIONS", "VAL_DIR_NAMES"]
 
 
 def discover(

@@ -62,6 +62,7 @@ def compare(
     """
     from regraft.report import comparison_markdown, pairwise_markdown, plot_comparison, verdict
     from regraft.report.stats import read_val_predictions
+    from regraft.training import setup
     from regraft.training.run import train
 
     out = Path(out)
@@ -69,6 +70,7 @@ def compare(
     if Task.parse(cfg.task).multilabel:  # the table, the paired test and the verdict count right and wrong images
         raise ConfigError("compare ranks strategies by accuracy with a paired test per image, which a multi-label run does "
                           "not have: train each strategy with 'regraft train --task multilabel' and compare their best_val_map")
+    setup.check_inputs(cfg)  # before the comparison's folder is made
     RunDir.create(out, kind=RunKind.COMPARE, overwrite=overwrite, data=cfg.data)
     summaries, histories = [], {}
     for strategy in strategies:

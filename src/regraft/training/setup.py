@@ -105,11 +105,13 @@ class NetSetup:
 
 
 def check_inputs(cfg: Config) -> None:
-    """The two settings a run cannot do without."""
+    """The two settings a run cannot do without, checked before its run folder is made (a
+    mistyped data folder leaves no empty run behind)."""
     if not cfg.data:
         raise ConfigError("no data given: pass DATA (a folder of class subfolders) or set 'data' in the recipe")
     if not cfg.model:
         raise ConfigError("no model given: pass --model NAME (see 'regraft models')")
+    data.check_data_folder(cfg.data)
 
 
 def build_model(cfg: Config, model: nn.Module | None = None) -> Built:
